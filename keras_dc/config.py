@@ -1,0 +1,142 @@
+"""Training configuration: one dataclass, its validation and its JSON form.
+
+The command line (tools/train.py) turns flags into a `Config`; the library only
+ever sees the dataclass. Validation errors name the flag so that the tool can
+print one clear line and stop before any expensive work.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+
+SAMPLING_MODES = ("uniform", "weighted", "none")
+PRECISIONS = ("float32", "mixed_bfloat16", "mixed_float16")
+STRATEGIES = ("auto", "default", "one_device", "mirrored", "multi_worker")
+
+# Settings that decide the shape of the model or the meaning of the saved
+# assignments: a workdir written with other values cannot be resumed.
+RESUME_KEYS = ("data", "arch", "image_size", "k", "super_clusters", "rotation", "sobel", "seed")
+
+
+class ConfigError(ValueError):
+    """A user setting is wrong; `flag` names the command-line flag to fix."""
+
+    def __init__(self, flag: str, message: str):
+        super().__init__(f"--{flag}: {message}")
+        self.flag = flag
+
+
+@dataclasses.dataclass
+class Config:
+    """Every setting of a training run (see README.md for what each one does)."""
+
+    workdir: str = ""
+    data: str = "digits"
+    tfds_data_dir: str = ""
+    arch: str = "small"
+    image_size: int = 32
+    batch_size: int = 64
+    epochs: int = 10
+    k: int = 40
+    super_clusters: int = 1
+    rotation: bool = True
+    reassign_every: int = 1
+    pca_dim: int = 64
+    pca_sample: int = 0
+    kmeans_iters: int = 10
+    sobel: bool = False
+    lr: float = 0.05
+    momentum: float = 0.9
+    weight_decay: float = 1e-5
+    sampling: str = "uniform"
+    min_crop_scale: float = 0.08
+    seed: int = 0
+    strategy: str = "auto"
+    precision: str = "float32"
+    jit_compile: bool = False
+    deterministic: bool = True
+    synthetic_size: int = 512
+    verbose: int = 1
+
+    @property
+    def sub_classes(self) -> int:
+        """Number of sub-classes per head: k / m."""
+        return self.k // self.super_clusters
+
+    @property
+    def super_classes(self) -> int:
+        """Number of super-classes S: 4m with rotation, m without."""
+        return self.super_clusters * (4 if self.rotation else 1)
+
+    def to_json(self) -> str:
+        return json.dumps(dataclasses.asdict(self), indent=2, sort_keys=True)
+
+    @classmethod
+    def from_dict(cls, values: dict) -> "Config":
+        known = {f.name for f in dataclasses.fields(cls)}
+        return cls(**{key: value for key, value in values.items() if key in known})
+
+
+def _positive(flag: str, value: float) -> None:
+    if value <= 0:
+        raise ConfigError(flag, f"must be positive, got {value}")
+
+
+def validate(config: Config) -> None:
+    """Checks the settings that need no data; raises ConfigError naming the flag."""
+    from keras_dc import backbones
+
+    if not config.workdir:
+        raise ConfigError("workdir", "is required (the folder for checkpoints, logs and exports)")
+    if config.arch not in backbones.ARCHITECTURES:
+        raise ConfigError("arch", f"unknown backbone {config.arch!r}; choose one of {', '.join(backbones.ARCHITECTURES)}")
+    minimum = backbones.MIN_IMAGE_SIZE[config.arch]
+    if config.image_size < minimum:
+        raise ConfigError("image_size", f"{config.image_size} is too small for {config.arch}; use at least {minimum}")
+    for flag in ("batch_size", "epochs", "reassign_every", "pca_dim", "kmeans_iters", "lr"):
+        _positive(flag, getattr(config, flag))
+    if config.k < 1:
+        raise ConfigError("k", f"must be at least 1, got {config.k}")
+    if config.super_clusters < 1:
+        raise ConfigError("super_clusters", f"must be at least 1, got {config.super_clusters}")
+    if config.k % config.super_clusters:
+        raise ConfigError("k", f"{config.k} is not divisible by --super_clusters={config.super_clusters}")
+    if config.weight_decay < 0 or not 0 <= config.momentum < 1:
+        flag = "weight_decay" if config.weight_decay < 0 else "momentum"
+        raise ConfigError(flag, f"out of range: {getattr(config, flag)}")
+    if not 0 < config.min_crop_scale <= 1:
+        raise ConfigError("min_crop_scale", f"must be in (0, 1], got {config.min_crop_scale}")
+    _check_choice("sampling", config.sampling, SAMPLING_MODES)
+    _check_choice("precision", config.precision, PRECISIONS)
+    _check_choice("strategy", config.strategy, STRATEGIES)
+
+
+def _check_choice(flag: str, value: str, allowed: tuple[str, ...]) -> None:
+    if value not in allowed:
+        raise ConfigError(flag, f"unknown value {value!r}; choose one of {', '.join(allowed)}")
+
+
+def validate_for_data(config: Config, num_images: int) -> None:
+    """Checks the settings that depend on the data set size."""
+    if config.k > num_images:
+        raise ConfigError("k", f"{config.k} clusters for {num_images} images; k must not exceed the number of images")
+    if config.super_clusters > 1 and config.sub_classes > num_images // config.super_clusters:
+        raise ConfigError("k", f"{config.sub_classes} sub-clusters per super-cluster is more than the "
+                          f"{num_images // config.super_clusters} images a super-cluster holds on average")
+
+
+def check_resumable(config: Config, workdir_config_path: str) -> None:
+    """Refuses to resume a workdir whose saved configuration differs in a key setting."""
+    if not os.path.exists(workdir_config_path):
+        return
+    try:
+        with open(workdir_config_path) as handle:
+            saved = json.load(handle)
+    except (OSError, json.JSONDecodeError) as error:
+        raise ConfigError("workdir", f"cannot read {workdir_config_path}: {error}") from None
+    for key in RESUME_KEYS:
+        if key in saved and saved[key] != getattr(config, key):
+            raise ConfigError(key, f"the workdir {config.workdir} was trained with --{key}={saved[key]}, "
+                              f"not {getattr(config, key)}; use another --workdir or the same setting")

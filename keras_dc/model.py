@@ -1,0 +1,105 @@
+"""The DeeperCluster training model: backbone, super-class head, routed sub-class heads.
+
+A Keras functional model with inputs {"image", "route"} and outputs
+{"super", "sub"}. During training the route is the example's true super-class
+(METHOD.md: the sub-class loss uses the true super-class's head); at inference
+a caller may route by the predicted super-class.
+"""
+
+from __future__ import annotations
+
+import tensorflow as tf
+
+import keras_dc  # noqa: F401  (selects the TensorFlow backend)
+import keras
+
+from keras_dc import heads
+
+TARGET_KEYS = ("super", "sub", "weight", "index")
+
+
+class DeeperClusterModel(keras.Model):
+    """Functional model with a custom train step computing both losses and top-1s."""
+
+    def __init__(self, backbone: keras.Model, super_classes: int, sub_classes: int, **kwargs):
+        image = keras.Input(shape=backbone.input_shape[1:], name="image")
+        route = keras.Input(shape=(), dtype="int32", name="route")
+        features = keras.layers.ReLU(name="feature_relu")(backbone(image))
+        super_logits = keras.layers.Dense(
+            super_classes, name="super_head", dtype="float32",
+            kernel_initializer=keras.initializers.RandomNormal(stddev=heads.HEAD_INIT_STDDEV))(features)
+        sub_logits = heads.RoutedDense(super_classes, sub_classes, name="sub_heads", dtype="float32")([features, route])
+        super().__init__(inputs={"image": image, "route": route},
+                         outputs={"super": super_logits, "sub": sub_logits}, **kwargs)
+        self.backbone = backbone
+        self.super_classes = super_classes
+        self.sub_classes = sub_classes
+        self._trackers = {name: keras.metrics.Mean(name=name) for name in
+                          ("loss", "super_loss", "sub_loss", "super_top1", "sub_top1", "full_top1")}
+
+    @property
+    def metrics(self):
+        return list(self._trackers.values())
+
+    @property
+    def head_layers(self) -> list[keras.layers.Layer]:
+        return [self.get_layer("super_head"), self.get_layer("sub_heads")]
+
+    def train_step(self, data):
+        images, targets = data
+        replicas = tf.distribute.get_strategy().num_replicas_in_sync
+        with tf.GradientTape() as tape:
+            outputs = self({"image": images, "route": targets["super"]}, training=True)
+            losses = self._per_example_losses(outputs, targets)
+            total = tf.reduce_sum(targets["weight"] * (losses["super"] + losses["sub"]))
+            loss = total / tf.cast(tf.shape(images)[0] * replicas, tf.float32)
+            scaled = self.optimizer.scale_loss(loss)
+        gradients = tape.gradient(scaled, self.trainable_variables)
+        self.optimizer.apply(gradients, self.trainable_variables)
+        self._update_metrics(outputs, targets, losses)
+        return {name: tracker.result() for name, tracker in self._trackers.items()}
+
+    def test_step(self, data):
+        images, targets = data
+        outputs = self({"image": images, "route": targets["super"]}, training=False)
+        self._update_metrics(outputs, targets, self._per_example_losses(outputs, targets))
+        return {name: tracker.result() for name, tracker in self._trackers.items()}
+
+    @staticmethod
+    def _per_example_losses(outputs, targets) -> dict:
+        return {key: keras.losses.sparse_categorical_crossentropy(targets[key], outputs[key], from_logits=True)
+                for key in ("super", "sub")}
+
+    def _update_metrics(self, outputs, targets, losses) -> None:
+        hits = {key: tf.cast(tf.equal(tf.argmax(outputs[key], axis=-1, output_type=tf.int32),
+                                      tf.cast(targets[key], tf.int32)), tf.float32)
+                for key in ("super", "sub")}
+        self._trackers["super_loss"].update_state(losses["super"])
+        self._trackers["sub_loss"].update_state(losses["sub"])
+        self._trackers["loss"].update_state(losses["super"] + losses["sub"])
+        self._trackers["super_top1"].update_state(hits["super"])
+        self._trackers["sub_top1"].update_state(hits["sub"])
+        self._trackers["full_top1"].update_state(hits["super"] * hits["sub"])
+
+
+def reset_heads(model: DeeperClusterModel, seed: int) -> None:
+    """Re-draws both heads and zeroes their optimizer slots (METHOD.md, cycle step 6)."""
+    for offset, layer in enumerate(model.head_layers):
+        heads.reinitialize_dense(layer, seed * 2 + offset)
+        for variable in layer.trainable_weights:
+            for slot in optimizer_slots(model.optimizer, variable):
+                slot.assign(tf.zeros_like(slot))
+
+
+def optimizer_slots(optimizer: keras.optimizers.Optimizer, variable) -> list:
+    """The optimizer state variables that belong to `variable` (momentum for SGD)."""
+    inner = getattr(optimizer, "inner_optimizer", optimizer)
+    if not inner.built:
+        return []
+    index = inner._get_variable_index(variable)
+    slots = []
+    for name in ("momentums", "_momentums", "_velocities", "velocities"):
+        values = getattr(inner, name, None)
+        if isinstance(values, list) and len(values) > index and values[index] is not None:
+            slots.append(values[index])
+    return slots

@@ -1,0 +1,110 @@
+"""PCA with whitening, the feature reduction before k-means (METHOD.md, cycle step 2)."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass
+
+import numpy as np
+
+_EIG_EPS_REL = 1e-8
+_CHUNK_ELEMENTS = 2**24
+
+
+@dataclass
+class PCA:
+    """A fitted PCA: projects centred rows on the top principal directions and scales
+    each direction by eigenvalue**(-whitening_power)."""
+
+    mean: np.ndarray
+    components: np.ndarray
+    eigenvalues: np.ndarray
+    whitening_power: float = 0.5
+
+    def apply(self, x: np.ndarray, batch_size: int = 65536) -> np.ndarray:
+        """Reduce and whiten the rows of x, batch by batch so that only float32 copies
+        of one batch are made; returns float32 (N, d_out)."""
+        scale = (self.eigenvalues.astype(np.float64) ** -self.whitening_power).astype(np.float32)
+        out = np.empty((x.shape[0], self.components.shape[0]), dtype=np.float32)
+        for start in range(0, x.shape[0], batch_size):
+            batch = np.asarray(x[start:start + batch_size], dtype=np.float32) - self.mean
+            out[start:start + batch_size] = (batch @ self.components.T) * scale
+        return out
+
+    def to_arrays(self) -> dict[str, np.ndarray]:
+        """The fitted state as plain arrays with `pca_` keys, storable in an .npz."""
+        return {
+            "pca_mean": self.mean,
+            "pca_components": self.components,
+            "pca_eigenvalues": self.eigenvalues,
+            "pca_whitening_power": np.array(self.whitening_power, dtype=np.float64),
+        }
+
+    @classmethod
+    def from_arrays(cls, arrays: Mapping[str, np.ndarray]) -> PCA:
+        """Rebuild a PCA from `to_arrays` output (other keys are ignored)."""
+        return cls(
+            mean=np.asarray(arrays["pca_mean"], dtype=np.float32),
+            components=np.asarray(arrays["pca_components"], dtype=np.float32),
+            eigenvalues=np.asarray(arrays["pca_eigenvalues"], dtype=np.float32),
+            whitening_power=float(arrays["pca_whitening_power"]),
+        )
+
+
+def _row_chunks(x: np.ndarray):
+    """Yield float64 copies of consecutive row blocks of x, each of bounded size."""
+    rows = max(1, _CHUNK_ELEMENTS // max(1, x.shape[1]))
+    for start in range(0, x.shape[0], rows):
+        yield x[start:start + rows].astype(np.float64)
+
+
+def _mean_and_covariance(x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Mean and unbiased covariance of the rows of x, accumulated in float64 chunks."""
+    n, d = x.shape
+    total = np.zeros(d, dtype=np.float64)
+    for chunk in _row_chunks(x):
+        total += chunk.sum(axis=0)
+    mean = total / n
+    cov = np.zeros((d, d), dtype=np.float64)
+    for chunk in _row_chunks(x):
+        chunk -= mean
+        cov += chunk.T @ chunk
+    return mean, cov / max(n - 1, 1)
+
+
+def fit_pca(
+    x: np.ndarray,
+    dim: int,
+    whitening_power: float = 0.5,
+    sample_size: int | None = None,
+    seed: int = 0,
+) -> PCA:
+    """Fit a PCA keeping min(dim, d_in) directions, on a seeded random sample of
+    sample_size rows (all rows when sample_size is None or >= N)."""
+    if dim < 1:
+        raise ValueError(f"PCA dimension must be >= 1, got {dim}")
+    if x.ndim != 2 or x.shape[0] < 1:
+        raise ValueError(f"PCA needs a non-empty 2-d array, got shape {x.shape}")
+    if sample_size is not None and sample_size < x.shape[0]:
+        rows = np.random.default_rng(seed).choice(x.shape[0], size=sample_size, replace=False)
+        x = x[np.sort(rows)]
+    mean, cov = _mean_and_covariance(x)
+    eigenvalues, vectors = np.linalg.eigh(cov)
+    order = np.argsort(eigenvalues)[::-1][: min(dim, x.shape[1])]
+    eigenvalues = np.clip(eigenvalues[order], 0.0, None)
+    largest = eigenvalues[0]
+    eigenvalues = eigenvalues + (_EIG_EPS_REL * largest if largest > 0 else _EIG_EPS_REL)
+    return PCA(
+        mean=mean.astype(np.float32),
+        components=np.ascontiguousarray(vectors[:, order].T, dtype=np.float32),
+        eigenvalues=eigenvalues.astype(np.float32),
+        whitening_power=float(whitening_power),
+    )
+
+
+def l2_normalize(x: np.ndarray, eps: float = 1e-12) -> np.ndarray:
+    """Scale each row of x to unit L2 norm (rows of norm < eps are divided by eps);
+    returns float32."""
+    x = np.asarray(x, dtype=np.float32)
+    norms = np.linalg.norm(x, axis=1, keepdims=True)
+    return x / np.maximum(norms, eps)

@@ -1,0 +1,98 @@
+"""One re-clustering: extract features, PCA + hierarchical k-means, and its statistics.
+
+Kept apart from the callback so that it can be tested and benchmarked on its
+own. The result is what a cycle saves to disk: assignments, PCA and figures.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import time
+from typing import Callable
+
+import numpy as np
+from sklearn import metrics
+
+import keras_dc  # noqa: F401  (selects the TensorFlow backend)
+import keras
+
+from keras_dc import checkpoints, clustering, data, hierarchy
+from keras_dc.config import Config
+from keras_dc.pca import PCA
+from keras_dc.sources import ImageSource
+
+
+@dataclasses.dataclass
+class Assignment:
+    """The pseudo-labels of one cycle: super-cluster and local sub-cluster of every image."""
+
+    super_ids: np.ndarray
+    sub_ids: np.ndarray
+    stats: dict
+    pca: PCA | None = None
+
+    def cluster_ids(self, sub_classes: int) -> np.ndarray:
+        return hierarchy.global_cluster_ids(self.super_ids.astype(np.int64), self.sub_ids, sub_classes)
+
+    def save(self, path: str) -> None:
+        arrays = {"super_ids": self.super_ids.astype(np.int32), "sub_ids": self.sub_ids.astype(np.int32),
+                  "stats_json": np.array(json.dumps(self.stats))}
+        if self.pca is not None:
+            arrays.update(self.pca.to_arrays())
+        checkpoints.save_npz(path, **arrays)
+
+    @classmethod
+    def load(cls, path: str) -> "Assignment":
+        arrays = checkpoints.load_npz(path)
+        pca = PCA.from_arrays(arrays) if "pca_mean" in arrays else None
+        return cls(arrays["super_ids"], arrays["sub_ids"], json.loads(str(arrays["stats_json"])), pca)
+
+
+def extract_features(backbone: keras.Model, source: ImageSource, image_size: int, batch_size: int,
+                     verbose: int = 0) -> np.ndarray:
+    """Features of every image in index order: centre view, no rotation, inference mode."""
+    dataset = data.clustering_dataset(source, image_size, batch_size)
+    return np.asarray(backbone.predict(dataset, verbose=verbose), dtype=np.float32)
+
+
+def cycle_seed(seed: int, cycle: int, salt: int) -> int:
+    """A distinct, reproducible seed for each (run seed, cycle, purpose)."""
+    return (seed * 1_000_003 + cycle * 7919 + salt) % (2**31 - 1)
+
+
+def recluster(backbone: keras.Model, source: ImageSource, config: Config, cycle: int,
+              previous: Assignment | None, log: Callable[[str], None] = print) -> Assignment:
+    """Runs cycle steps 1-5 of METHOD.md and measures the result."""
+    start = time.perf_counter()
+    if config.k == 1:
+        zeros = np.zeros(source.num_images, np.int32)
+        return Assignment(zeros, zeros, {"recluster_seconds": 0.0})
+    features = extract_features(backbone, source, config.image_size, config.batch_size)
+    extract_seconds = time.perf_counter() - start
+    log(f"clustering: extracted {features.shape[0]} x {features.shape[1]} features in {extract_seconds:.2f} s")
+    result, pca, timings = clustering.cluster_features(
+        features, config.k, config.super_clusters, config.pca_dim, config.kmeans_iters,
+        cycle_seed(config.seed, cycle, 1), pca_sample=config.pca_sample or None, log=log)
+    assignment = Assignment(result.super_ids, result.sub_ids, {}, pca)
+    assignment.stats = assignment_stats(assignment, config, source.labels, previous)
+    assignment.stats.update(recluster_seconds=time.perf_counter() - start, extract_seconds=extract_seconds,
+                            kmeans_objective=float(result.objective), empty_split=int(result.empty_split),
+                            pca_seconds=timings["pca_s"], kmeans_seconds=timings["kmeans_s"])
+    return assignment
+
+
+def assignment_stats(assignment: Assignment, config: Config, labels: np.ndarray | None,
+                     previous: Assignment | None) -> dict:
+    """Cluster sizes, stability (NMI with the previous cycle) and, with labels, NMI/ARI vs labels."""
+    ids = assignment.cluster_ids(config.sub_classes)
+    sizes = np.bincount(ids, minlength=config.k)
+    stats = {"cluster_size_min": int(sizes.min()), "cluster_size_max": int(sizes.max()),
+             "clusters_empty": int((sizes == 0).sum())}
+    if previous is not None:
+        stats["cluster_nmi_prev"] = float(metrics.normalized_mutual_info_score(
+            previous.cluster_ids(config.sub_classes), ids))
+    if labels is not None:
+        stats["cluster_nmi_labels"] = float(metrics.normalized_mutual_info_score(labels, ids))
+        stats["cluster_ari_labels"] = float(metrics.adjusted_rand_score(labels, ids))
+    return stats

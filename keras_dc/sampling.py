@@ -1,0 +1,55 @@
+"""Sampling uniform over pseudo-labels, or the equivalent loss weights, so that training
+cannot collapse onto a few large clusters (METHOD.md, "Avoiding trivial solutions")."""
+
+from __future__ import annotations
+
+import numpy as np
+
+
+def epoch_rng(seed: int, epoch: int) -> np.random.Generator:
+    """A generator determined by (seed, epoch) alone, so a resumed run draws the same plan."""
+    return np.random.default_rng([seed, epoch])
+
+
+def _quotas(counts: np.ndarray, size: int, rng: np.random.Generator) -> np.ndarray:
+    """Split size draws over the non-empty clusters as evenly as possible: each gets
+    floor(size / n) and a random subset of size % n of them gets one more."""
+    nonempty = np.flatnonzero(counts > 0)
+    base, extra = divmod(size, len(nonempty))
+    quotas = np.zeros(len(counts), dtype=np.int64)
+    quotas[nonempty] = base
+    quotas[rng.choice(nonempty, size=extra, replace=False)] += 1
+    return quotas
+
+
+def uniform_plan(
+    cluster_ids: np.ndarray, num_clusters: int, size: int, rng: np.random.Generator
+) -> np.ndarray:
+    """Shuffled indices (int64, exactly `size`) drawing the same number of examples from
+    every non-empty cluster: with replacement only from clusters smaller than their quota."""
+    cluster_ids = np.asarray(cluster_ids, dtype=np.int64)
+    counts = np.bincount(cluster_ids, minlength=num_clusters)
+    if len(counts) > num_clusters or counts.sum() == 0:
+        raise ValueError(f"cluster ids must be in [0, {num_clusters}) and not all empty")
+    quotas = _quotas(counts, size, rng)
+    members = np.split(np.argsort(cluster_ids, kind="stable"), np.cumsum(counts)[:-1])
+    draws = [
+        rng.choice(group, size=quota, replace=quota > len(group))
+        for group, quota in zip(members, quotas)
+        if quota > 0
+    ]
+    plan = np.concatenate(draws) if draws else np.zeros(0, dtype=np.int64)
+    rng.shuffle(plan)
+    return plan.astype(np.int64)
+
+
+def inverse_size_weights(cluster_ids: np.ndarray, num_clusters: int) -> np.ndarray:
+    """Per-example float32 weights proportional to 1 / size of the example's cluster,
+    normalised to mean 1: every non-empty cluster carries the same total weight."""
+    cluster_ids = np.asarray(cluster_ids, dtype=np.int64)
+    counts = np.bincount(cluster_ids, minlength=num_clusters)
+    if len(counts) > num_clusters:
+        raise ValueError(f"cluster ids must be in [0, {num_clusters})")
+    num_nonempty = np.count_nonzero(counts)
+    weights = len(cluster_ids) / (num_nonempty * counts[cluster_ids].astype(np.float64))
+    return weights.astype(np.float32)

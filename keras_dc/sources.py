@@ -1,0 +1,137 @@
+"""Where images come from: the `--data` specification turned into an ImageSource.
+
+Every source is indexable: image n is always image n, whatever the shuffling,
+so that the index-to-label tables stay valid. Nothing is downloaded here.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+
+import numpy as np
+import tensorflow as tf
+
+from keras_dc.config import ConfigError
+
+IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".gif")
+SYNTHETIC_CLASSES = 10
+
+
+@dataclasses.dataclass
+class ImageSource:
+    """An indexable set of RGB images, with labels when the data has them (used for metrics only)."""
+
+    description: str
+    num_images: int
+    images: np.ndarray | None = None  # (N, H, W, 3) uint8, for in-memory sources
+    paths: np.ndarray | None = None  # (N,) str, for image folders
+    labels: np.ndarray | None = None
+    class_names: tuple[str, ...] | None = None
+
+    def load(self, index: tf.Tensor) -> tf.Tensor:
+        """The uint8 (H, W, 3) image with this index, as a tensor op (no Python per example)."""
+        if self.images is not None:
+            return tf.gather(self._image_tensor, index)
+        data = tf.io.read_file(tf.gather(self._path_tensor, index))
+        image = tf.io.decode_image(data, channels=3, expand_animations=False)
+        image.set_shape([None, None, 3])
+        return image
+
+    def __post_init__(self):
+        if self.images is not None:
+            self._image_tensor = tf.constant(self.images)
+        if self.paths is not None:
+            self._path_tensor = tf.constant(self.paths)
+
+
+def load_source(spec: str, image_size: int, tfds_data_dir: str = "", synthetic_size: int = 512,
+                seed: int = 0) -> ImageSource:
+    """Parses a `--data` value: digits, synthetic, tfds:NAME[:SPLIT] or a folder path."""
+    if spec == "digits":
+        return digits_source(image_size)
+    if spec == "synthetic":
+        return synthetic_source(synthetic_size, image_size, seed)
+    if spec.startswith("tfds:"):
+        return tfds_source(spec, image_size, tfds_data_dir)
+    return folder_source(spec)
+
+
+def digits_source(image_size: int) -> ImageSource:
+    """scikit-learn's bundled 8x8 digits (1,797 images), upscaled to image_size, grey as RGB."""
+    from sklearn.datasets import load_digits
+
+    digits = load_digits()
+    grey = (digits.images[..., None] * (255.0 / 16.0)).astype(np.float32)
+    resized = tf.image.resize(grey, (image_size, image_size), method="bilinear").numpy()
+    images = np.repeat(np.clip(np.round(resized), 0, 255).astype(np.uint8), 3, axis=-1)
+    names = tuple(str(name) for name in digits.target_names)
+    return ImageSource("digits (scikit-learn)", len(images), images=images,
+                       labels=digits.target.astype(np.int32), class_names=names)
+
+
+def synthetic_source(num_images: int, image_size: int, seed: int = 0) -> ImageSource:
+    """Generated images of SYNTHETIC_CLASSES classes of coloured gratings, for tests and benchmarks."""
+    rng = np.random.default_rng(seed)
+    labels = rng.integers(0, SYNTHETIC_CLASSES, num_images).astype(np.int32)
+    grid = np.linspace(-1.0, 1.0, image_size, dtype=np.float32)
+    yy, xx = np.meshgrid(grid, grid, indexing="ij")
+    angle = labels * (np.pi / SYNTHETIC_CLASSES)
+    frequency = 2.0 + (labels % 3) * 2.0
+    phase = rng.uniform(0, 2 * np.pi, num_images)
+    wave = np.sin(frequency[:, None, None] * np.pi * (np.cos(angle)[:, None, None] * xx
+                                                       + np.sin(angle)[:, None, None] * yy) + phase[:, None, None])
+    colour = np.stack([(labels % 2) * 0.6 + 0.4, ((labels // 2) % 2) * 0.6 + 0.4, np.full(num_images, 0.7)], -1)
+    noise = rng.normal(0.0, 0.15, (num_images, image_size, image_size, 3))
+    images = 127.5 * (1.0 + 0.8 * wave[..., None] * colour[:, None, None, :] + noise)
+    images = np.clip(images, 0, 255).astype(np.uint8)
+    names = tuple(f"class_{c}" for c in range(SYNTHETIC_CLASSES))
+    return ImageSource(f"synthetic ({num_images} images)", num_images, images=images, labels=labels,
+                       class_names=names)
+
+
+def folder_source(path: str) -> ImageSource:
+    """Every image file below `path`; first-level subfolders, if any, name the classes."""
+    if not os.path.isdir(path):
+        raise ConfigError("data", f"{path!r} is not digits, synthetic, tfds:NAME or an existing folder")
+    files = sorted(os.path.join(root, name) for root, _, names in os.walk(path) for name in names
+                   if name.lower().endswith(IMAGE_EXTENSIONS))
+    if not files:
+        raise ConfigError("data", f"no image files ({', '.join(IMAGE_EXTENSIONS)}) found below {path}")
+    top = [os.path.relpath(name, path).split(os.sep)[0] for name in files]
+    has_classes = all(os.path.isdir(os.path.join(path, folder)) for folder in top)
+    labels = class_names = None
+    if has_classes:
+        class_names = tuple(sorted(set(top)))
+        labels = np.array([class_names.index(folder) for folder in top], np.int32)
+    return ImageSource(f"folder {path} ({len(files)} images)", len(files), paths=np.array(files),
+                       labels=labels, class_names=class_names)
+
+
+def tfds_source(spec: str, image_size: int, data_dir: str) -> ImageSource:
+    """A TFDS data set the user prepared in `data_dir`, read into memory at image_size."""
+    parts = spec.split(":")
+    name, split = parts[1], (parts[2] if len(parts) > 2 else "train")
+    if not data_dir or not os.path.isdir(data_dir):
+        raise ConfigError("tfds_data_dir", f"needs the folder where {name} was prepared "
+                          f"(prepare it once with: tfds build {name} --data_dir=DIR)")
+    import tensorflow_datasets as tfds
+
+    try:
+        builder = tfds.builder(name, data_dir=data_dir)
+        dataset = builder.as_dataset(split=split, shuffle_files=False)
+    except Exception as error:  # noqa: BLE001 - TFDS raises many types for a missing preparation
+        raise ConfigError("data", f"cannot read {name}:{split} from {data_dir} ({type(error).__name__}); "
+                          f"prepare it with: tfds build {name} --data_dir={data_dir}") from None
+    images, labels = [], []
+    for example in dataset.as_numpy_iterator():
+        image = tf.image.resize(example["image"], (image_size, image_size), antialias=True)
+        images.append(np.clip(np.round(image.numpy()), 0, 255).astype(np.uint8))
+        if "label" in example:
+            labels.append(example["label"])
+    stacked = np.stack(images)
+    if stacked.shape[-1] == 1:
+        stacked = np.repeat(stacked, 3, axis=-1)
+    label_array = np.array(labels, np.int32) if len(labels) == len(images) else None
+    return ImageSource(f"tfds {name}:{split} ({len(images)} images)", len(images), images=stacked,
+                       labels=label_array)

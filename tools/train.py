@@ -1,0 +1,96 @@
+"""Trains a convnet with DeeperCluster (DeepCluster and RotNet are special cases).
+
+    python tools/train.py --flagfile=flags/demo.flags --workdir=/tmp/kdc_demo
+
+Rerunning the same command resumes from the workdir's last checkpoint.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import sys
+
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+from absl import app, flags, logging
+
+from keras_dc.config import Config, ConfigError
+
+FLAGS = flags.FLAGS
+
+HELP = {
+    "workdir": "Folder of the run: config, checkpoints, assignments, TensorBoard logs, exported backbone.",
+    "data": "Image source: digits, synthetic, a folder path, or tfds:NAME[:SPLIT] (with --tfds_data_dir).",
+    "tfds_data_dir": "Folder where a TFDS data set was prepared (nothing is downloaded).",
+    "arch": "Backbone: small, alexnet or vgg16_bn.",
+    "image_size": "Side of the square training images, in pixels.",
+    "batch_size": "Global batch size (split over the replicas).",
+    "epochs": "Number of training epochs.",
+    "k": "Total number of clusters (k/m per super-cluster).",
+    "super_clusters": "Number of super-clusters m; S = 4m super-classes with rotation, m without.",
+    "rotation": "Predict the rotation (0/90/180/270) too; --norotation --super_clusters=1 is DeepCluster.",
+    "reassign_every": "Re-cluster every T epochs.",
+    "pca_dim": "Dimension after PCA whitening.",
+    "pca_sample": "Fit the PCA on this many images (0: all).",
+    "kmeans_iters": "Lloyd iterations of each k-means.",
+    "sobel": "Fixed grey + Sobel filters in front of the network.",
+    "lr": "SGD learning rate.",
+    "momentum": "SGD momentum.",
+    "weight_decay": "SGD weight decay.",
+    "sampling": "uniform (same number of images from each cluster per epoch), weighted (inverse cluster "
+                "size loss weights) or none.",
+    "min_crop_scale": "Smallest area fraction of the random resized crop.",
+    "seed": "Seed of everything random; the same seed gives the same run on CPU.",
+    "strategy": "auto, default, one_device, mirrored or multi_worker.",
+    "precision": "float32, mixed_bfloat16 or mixed_float16.",
+    "jit_compile": "Compile the train step with XLA.",
+    "deterministic": "Deterministic TensorFlow ops (reproducible, a little slower).",
+    "synthetic_size": "Number of images of --data=synthetic.",
+    "verbose": "Keras progress output: 0 silent, 1 progress bar, 2 one line per epoch.",
+}
+
+
+def define_flags() -> None:
+    """Declares one flag per Config field, with the field's default; only __main__ calls this."""
+    defaults = Config()
+    for field in dataclasses.fields(Config):
+        value = getattr(defaults, field.name)
+        define = {bool: flags.DEFINE_bool, int: flags.DEFINE_integer, float: flags.DEFINE_float,
+                  str: flags.DEFINE_string}[type(value)]
+        define(field.name, value, HELP[field.name])
+
+
+def config_from_flags() -> Config:
+    return Config(**{field.name: FLAGS[field.name].value for field in dataclasses.fields(Config)})
+
+
+def main(argv: list[str]) -> None:
+    if len(argv) > 1:
+        raise app.UsageError(f"unexpected arguments: {' '.join(argv[1:])}")
+    logging.set_verbosity(logging.WARNING)
+    from keras_dc import train
+
+    config = config_from_flags()
+    try:
+        source = train.prepare_data(config)
+        result = train.train(config, source)
+    except ConfigError as error:
+        print(f"error: {error}", file=sys.stderr)
+        sys.exit(2)
+    print_summary(result)
+
+
+def print_summary(result: dict) -> None:
+    print("\nDone.")
+    for key in ("tensorboard", "checkpoints", "backbone", "metrics"):
+        print(f"  {key:12s} {result[key]}")
+    stats = result["final_stats"]
+    if "cluster_nmi_labels" in stats:
+        print(f"  final NMI of clusters vs labels: {stats['cluster_nmi_labels']:.3f}")
+    print(f"  TensorBoard: tensorboard --logdir {result['tensorboard']}")
+
+
+if __name__ == "__main__":
+    define_flags()
+    app.run(main)

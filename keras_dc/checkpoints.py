@@ -68,10 +68,15 @@ def assignment_path(workdir: str, cycle: int) -> str:
 
 
 class TrainingCheckpoints:
-    """Model and optimizer state after each epoch, restored on rerun (tf.train.CheckpointManager)."""
+    """Model, optimizer and dropout-RNG state after each epoch, restored on rerun.
+
+    The dropout seed-generator states are saved too: without them a resumed run
+    would draw other dropout masks than an uninterrupted one.
+    """
 
     def __init__(self, workdir: str, model, max_to_keep: int = 2):
-        self.checkpoint = tf.train.Checkpoint(model=model, optimizer=model.optimizer)
+        seed_states = [variable for variable in model.variables if "seed_generator_state" in variable.path]
+        self.checkpoint = tf.train.Checkpoint(model=model, optimizer=model.optimizer, seed_states=seed_states)
         self.manager = tf.train.CheckpointManager(self.checkpoint, os.path.join(workdir, "checkpoints"),
                                                   max_to_keep=max_to_keep)
 

@@ -144,6 +144,31 @@ def warn_small_clusters(n: int, k: int, m: int) -> list[str]:
     return warnings
 
 
+def grow_small_clusters(
+    x: np.ndarray, assignments: np.ndarray, centroids: np.ndarray, min_size: int
+) -> tuple[np.ndarray, int]:
+    """Moves to each cluster smaller than min_size the members of the largest cluster
+    closest to its centroid, so every super-cluster can hold its k/m sub-clusters."""
+    k = centroids.shape[0]
+    if k * min_size > x.shape[0]:
+        raise ValueError(f"{x.shape[0]} points cannot give {k} clusters {min_size} members each")
+    assignments = np.array(assignments, dtype=np.int64)
+    counts = np.bincount(assignments, minlength=k)
+    grown = 0
+    for target in np.flatnonzero(counts < min_size):
+        grown += 1
+        while counts[target] < min_size:
+            donor = int(np.argmax(counts))
+            members = np.flatnonzero(assignments == donor)
+            distances = np.sum((x[members] - centroids[target]) ** 2, axis=1)
+            take = min(min_size - counts[target], counts[donor] - min_size)
+            moved = members[np.argsort(distances, kind="stable")[:take]]
+            assignments[moved] = target
+            counts[target] += take
+            counts[donor] -= take
+    return assignments, grown
+
+
 def _sub_kmeans(
     x: np.ndarray, super_ids: np.ndarray, k: int, m: int, niter: int, seed: int,
     use_gpu: bool | None,
@@ -178,11 +203,12 @@ def hierarchical_kmeans(
     if x.shape[0] < k:
         raise ValueError(f"{x.shape[0]} points cannot fill k={k} clusters; use a smaller k")
     top = kmeans(x, m, niter, seed, use_gpu)
-    super_ids = top.assignments.astype(np.int32)
+    super_assignments, grown = grow_small_clusters(x, top.assignments, top.centroids, k // m)
+    super_ids = super_assignments.astype(np.int32)
     sub_ids, objective, sub_split = _sub_kmeans(x, super_ids, k, m, niter, seed, use_gpu)
     return HierarchicalResult(
         super_ids=super_ids, sub_ids=sub_ids, objective=objective,
-        super_objective=top.objective, empty_split=top.empty_split + sub_split, k=k, m=m,
+        super_objective=top.objective, empty_split=top.empty_split + sub_split + grown, k=k, m=m,
     )
 
 

@@ -6,6 +6,7 @@ from sklearn.metrics import adjusted_rand_score
 
 from keras_dc.clustering import (
     cluster_features,
+    grow_small_clusters,
     hierarchical_kmeans,
     kmeans,
     split_empty_clusters,
@@ -210,9 +211,29 @@ def test_hierarchical_validation():
         hierarchical_kmeans(x, k=6, m=4, niter=5, seed=0)
     with pytest.raises(ValueError, match="smaller k"):
         hierarchical_kmeans(x, k=50, m=2, niter=5, seed=0)
-    unbalanced = np.concatenate([np.zeros((36, 2)), np.full((4, 2), 100.0)]).astype(np.float32)
-    with pytest.raises(ValueError, match="super-cluster 1 has 4 points"):
-        hierarchical_kmeans(unbalanced, k=20, m=2, niter=5, seed=0)
+
+
+def test_a_super_cluster_too_small_for_its_sub_clusters_is_grown_from_the_largest():
+    rng = np.random.default_rng(0)
+    big = rng.normal(0.0, 1.0, (36, 2))
+    far = np.full((4, 2), 100.0) + rng.normal(0.0, 0.1, (4, 2))
+    result = hierarchical_kmeans(np.concatenate([big, far]).astype(np.float32), k=20, m=2, niter=5, seed=0)
+    sizes = np.bincount(result.super_ids, minlength=2)
+    assert sizes.min() >= 10
+    assert len(np.unique(result.cluster_ids)) == 20
+    assert len(set(result.super_ids[36:])) == 1  # the far points stay together
+
+
+def test_grow_small_clusters_takes_the_donor_points_nearest_the_small_centroid():
+    x = np.array([[0.0], [1.0], [2.0], [3.0], [10.0], [11.0]], np.float32)
+    centroids = np.array([[1.5], [10.5], [50.0]], np.float32)
+    assignments = np.array([0, 0, 0, 0, 1, 1])
+    grown, count = grow_small_clusters(x, assignments, centroids, min_size=2)
+    assert count == 1
+    np.testing.assert_array_equal(np.bincount(grown, minlength=3), [2, 2, 2])
+    np.testing.assert_array_equal(grown, [0, 0, 2, 2, 1, 1])  # 2 and 3 are nearest to 50 among cluster 0
+    with pytest.raises(ValueError):
+        grow_small_clusters(x, assignments, centroids, min_size=3)
 
 
 def test_warn_small_clusters():

@@ -52,6 +52,7 @@ class Config:
     weight_decay: float = 1e-5
     sampling: str = "uniform"
     min_crop_scale: float = 0.08
+    flip: bool = True
     seed: int = 0
     strategy: str = "auto"
     precision: str = "float32"

@@ -9,6 +9,8 @@ and every example carries its stable image index.
 
 from __future__ import annotations
 
+import math
+
 import numpy as np
 import tensorflow as tf
 
@@ -45,16 +47,48 @@ class LabelTables:
         self.epoch.assign(epoch)
 
 
-def train_view(image: tf.Tensor, image_size: int, seed: tf.Tensor, min_crop_scale: float) -> tf.Tensor:
-    """Random resized crop and horizontal flip, drawn from a stateless seed (reproducible)."""
+def crop_boxes(seed: tf.Tensor, batch: int, min_crop_scale: float) -> tf.Tensor:
+    """Random resized crop boxes (y1, x1, y2, x2 in [0, 1]): area in [min_crop_scale, 1], aspect in [3/4, 4/3].
+
+    The aspect ratio is clipped to what the drawn area allows, so every box fits
+    the image without retries (a full-area draw gives the whole image).
+    """
+    uniform = tf.random.stateless_uniform([batch, 4], seed)
+    area = min_crop_scale + (1.0 - min_crop_scale) * uniform[:, 0]
+    ratio = tf.exp(math.log(3 / 4) + math.log(16 / 9) * uniform[:, 1])
+    ratio = tf.clip_by_value(ratio, area, 1.0 / area)
+    width, height = tf.sqrt(area * ratio), tf.sqrt(area / ratio)
+    left, top = uniform[:, 2] * (1.0 - width), uniform[:, 3] * (1.0 - height)
+    return tf.stack([top, left, top + height, left + width], axis=1)
+
+
+def train_view(images: tf.Tensor, rotations: tf.Tensor, image_size: int, seed: tf.Tensor,
+               min_crop_scale: float, flip: bool = True) -> tf.Tensor:
+    """Training view of a batch: random resized crop, horizontal flip (if `flip`), then each image's rotation.
+
+    Works on whole batches (one crop_and_resize, no per-example ops) so that the
+    input pipeline stays cheap next to the train step; reproducible from `seed`.
+    """
+    batch = tf.shape(images)[0]
     crop_seed, flip_seed = tf.unstack(tf.random.experimental.stateless_split(seed, 2))
-    begin, size, _ = tf.image.stateless_sample_distorted_bounding_box(
-        tf.shape(image), bounding_boxes=tf.constant([[[0.0, 0.0, 1.0, 1.0]]]), seed=crop_seed,
-        min_object_covered=0.0, aspect_ratio_range=(3 / 4, 4 / 3), area_range=(min_crop_scale, 1.0),
-        use_image_if_no_bounding_boxes=True)
-    crop = tf.slice(image, begin, size)
-    resized = tf.image.resize(tf.cast(crop, tf.float32), (image_size, image_size))
-    return tf.image.stateless_random_flip_left_right(resized, flip_seed)
+    boxes = crop_boxes(crop_seed, batch, min_crop_scale)
+    views = tf.image.crop_and_resize(tf.cast(images, tf.float32), boxes, tf.range(batch), (image_size, image_size))
+    flips = tf.cast(tf.random.stateless_uniform([batch], flip_seed) < (0.5 if flip else 0.0), tf.int32)
+    transform = tf.gather(dihedral_index_maps(image_size), flips * hierarchy.NUM_ROTATIONS + rotations)
+    pixels = tf.reshape(views, [batch, image_size * image_size, 3])
+    return tf.reshape(tf.gather(pixels, transform, batch_dims=1), [batch, image_size, image_size, 3])
+
+
+def dihedral_index_maps(size: int) -> tf.Tensor:
+    """Pixel index maps of the 8 flips x quarter-turns of a square image (flip first, as np.rot90(x[:, ::-1])).
+
+    Applying them with one batched gather is several times cheaper than per-example
+    tf.image.rot90 and tf.where selections.
+    """
+    grid = np.arange(size * size, dtype=np.int32).reshape(size, size)
+    maps = [np.rot90(grid[:, ::-1] if flip else grid, turns).ravel()
+            for flip in (False, True) for turns in range(hierarchy.NUM_ROTATIONS)]
+    return tf.constant(np.stack(maps))
 
 
 def center_view(image: tf.Tensor, image_size: int) -> tf.Tensor:
@@ -69,8 +103,8 @@ def center_view(image: tf.Tensor, image_size: int) -> tf.Tensor:
 
 
 def training_dataset(source: ImageSource, tables: LabelTables, image_size: int, batch_size: int,
-                     rotation: bool, seed: int, min_crop_scale: float, shard: tuple[int, int] = (0, 1)
-                     ) -> tf.data.Dataset:
+                     rotation: bool, seed: int, min_crop_scale: float, flip: bool = True,
+                     shard: tuple[int, int] = (0, 1)) -> tf.data.Dataset:
     """One epoch of (image, targets) batches following the plan in `tables`.
 
     Targets are {"super", "sub", "weight", "index"}. The plan and labels are read
@@ -78,30 +112,43 @@ def training_dataset(source: ImageSource, tables: LabelTables, image_size: int, 
     """
     worker, workers = shard
     steps = tables.plan_size // workers // batch_size
+    load_size = round(image_size * CLUSTERING_RESIZE_RATIO)
 
     def epoch_plan(_):
-        positions = tf.range(tables.plan_size, dtype=tf.int64)
-        plan = (positions, tables.plan_indices.read_value(), tables.plan_rotations.read_value())
-        epoch = tables.epoch.read_value()
-        return tf.data.Dataset.from_tensor_slices(plan).shard(workers, worker).map(
-            lambda position, index, rot: (epoch * tables.plan_size + position, index, rot))
+        plan = (tf.range(tables.plan_size, dtype=tf.int64), tables.plan_indices.read_value(),
+                tables.plan_rotations.read_value())
+        return tf.data.Dataset.from_tensor_slices(plan).shard(workers, worker)
 
-    def example(sample_id, index, rot):
-        image = train_view(source.load(index), image_size, tf.stack([tf.constant(seed, tf.int64), sample_id]),
-                           min_crop_scale)
-        image = tf.image.rot90(image, k=rot)
+    def labelled_batch(positions, indices, rotations, images):
+        batch_seed = tf.stack([tf.constant(seed, tf.int64), tables.epoch * tables.plan_size + positions[0]])
+        views = train_view(images, rotations, image_size, batch_seed, min_crop_scale, flip)
         targets = {
-            "super": hierarchy.super_target(tf.gather(tables.super_ids, index), rot, rotation),
-            "sub": tf.gather(tables.sub_ids, index),
-            "weight": tf.gather(tables.weights, index),
-            "index": index,
+            "super": hierarchy.super_target(tf.gather(tables.super_ids, indices), rotations, rotation),
+            "sub": tf.gather(tables.sub_ids, indices),
+            "weight": tf.gather(tables.weights, indices),
+            "index": indices,
         }
-        return image, targets
+        return views, targets
 
     dataset = tf.data.Dataset.from_tensors(0).flat_map(epoch_plan)
-    dataset = dataset.map(example, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
-    dataset = dataset.batch(batch_size, drop_remainder=True).prefetch(tf.data.AUTOTUNE)
+    if source.images is not None:  # in memory: gather whole batches, no per-example work
+        dataset = dataset.batch(batch_size, drop_remainder=True).map(
+            lambda positions, indices, rotations: (positions, indices, rotations, source.load(indices)))
+    else:
+        dataset = dataset.map(lambda position, index, rot: (position, index, rot,
+                                                            fixed_size_image(source, index, load_size)),
+                              num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
+        dataset = dataset.batch(batch_size, drop_remainder=True)
+    dataset = dataset.map(labelled_batch, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
+    dataset = dataset.prefetch(tf.data.AUTOTUNE)
     return dataset.apply(tf.data.experimental.assert_cardinality(steps)).with_options(_options())
+
+
+def fixed_size_image(source: ImageSource, index: tf.Tensor, size: int) -> tf.Tensor:
+    """Image `index` of a folder as uint8, resized to size x size so that it can be batched."""
+    image = source.load(index)
+    resized = tf.image.resize(image, (size, size), antialias=True)
+    return tf.cast(tf.clip_by_value(tf.round(resized), 0, 255), tf.uint8)
 
 
 def clustering_dataset(source: ImageSource, image_size: int, batch_size: int,

@@ -72,7 +72,7 @@ def train(config: Config, source: ImageSource | None = None, log: Callable[[str]
     if initial_epoch:
         log(f"resuming {config.workdir} after epoch {initial_epoch}")
     dataset = data.training_dataset(source, tables, config.image_size, config.batch_size, config.rotation,
-                                    config.seed, config.min_crop_scale)
+                                    config.seed, config.min_crop_scale, config.flip)
     if initial_epoch < config.epochs:
         model.fit(dataset, epochs=config.epochs, initial_epoch=initial_epoch, verbose=config.verbose,
                   callbacks=run_callbacks(config, source, tables, training_checkpoints, initial_epoch, log))

@@ -41,6 +41,7 @@ HELP = {
     "sampling": "uniform (same number of images from each cluster per epoch), weighted (inverse cluster "
                 "size loss weights) or none.",
     "min_crop_scale": "Smallest area fraction of the random resized crop.",
+    "flip": "Random horizontal flips in the training view (--noflip for data where mirroring changes meaning).",
     "seed": "Seed of everything random; the same seed gives the same run on CPU.",
     "strategy": "auto, default, one_device, mirrored or multi_worker.",
     "precision": "float32, mixed_bfloat16 or mixed_float16.",

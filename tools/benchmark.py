@@ -1,0 +1,95 @@
+"""Measures keras-dc's speed as ratios to references run in the same process.
+
+    python tools/benchmark.py --quick --output=/tmp/kdc_bench.json
+
+--quick takes a few minutes on 2 CPU cores; --size=smoke only checks that everything runs.
+
+Keys of the JSON (ratios: higher is better unless marked "time ratio"):
+input_pipeline_ratio, step_vs_plain_keras, matmul_utilization, extraction_vs_predict,
+clustering_vs_faiss (time ratio), recluster_vs_epoch (time ratio), bf16_speedup,
+plus the raw images/s and seconds behind each. See docs/performance.md.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+import sys
+
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+from absl import app, flags, logging
+
+FLAGS = flags.FLAGS
+
+
+SIZES = {  # images for the small net, train steps, vgg16_bn batch, clustering points
+    "smoke": {"images": 256, "steps": 4, "vgg_batch": 4, "points": 2000},
+    "quick": {"images": 1024, "steps": 12, "vgg_batch": 32, "points": 20000},
+    "full": {"images": 4096, "steps": 48, "vgg_batch": 32, "points": 80000},
+}
+
+
+def define_flags() -> None:
+    flags.DEFINE_bool("quick", False, "A run of a few minutes on 2 CPU cores (same as --size=quick).")
+    flags.DEFINE_enum("size", "full", list(SIZES), "How much work: smoke (a test that it runs), quick, full.")
+    flags.DEFINE_string("output", "", "Write the figures to this JSON file.")
+    flags.DEFINE_bool("deterministic", True, "Deterministic ops, as training uses by default.")
+
+
+def run(size: str, deterministic: bool) -> dict[str, float]:
+    """Every measurement of the issue, with the ratios computed from them."""
+    from keras_dc import benchmark, train
+    from keras_dc.config import Config
+    from keras_dc.sources import synthetic_source
+
+    sizes = SIZES[size]
+    steps = sizes["steps"]
+    small = Config(workdir="", data="synthetic", arch="small", image_size=32, batch_size=64, k=40,
+                   super_clusters=2, pca_dim=64, kmeans_iters=10, deterministic=deterministic, verbose=0)
+    train.configure_runtime(small)
+    source = synthetic_source(sizes["images"], small.image_size)
+    figures = {"matmul_flops_per_s": benchmark.matmul_flops_per_second()}
+    figures.update(benchmark.train_step_figures(small, source, steps))
+    vgg = dataclasses.replace(small, arch="vgg16_bn", batch_size=sizes["vgg_batch"])
+    vgg_source = synthetic_source(vgg.batch_size * (steps // 2 + 1), 32)
+    figures.update({f"vgg16_bn_32px_{key}": value for key, value in
+                    benchmark.train_step_figures(vgg, vgg_source, steps // 2).items()})
+    figures.update(benchmark.extraction_figures(train.build_model(small).backbone, source, 32, 256))
+    figures.update(benchmark.clustering_figures(sizes["points"], 256, 200, 4, 64, 10))
+    figures.update(benchmark.cycle_figures(small, source))
+    figures.update(benchmark.precision_figures(dataclasses.replace(vgg, image_size=64), steps // 2))
+    figures.update(ratios(figures))
+    return figures
+
+
+def ratios(figures: dict[str, float]) -> dict[str, float]:
+    return {
+        "input_pipeline_ratio": figures["dc_images_per_s"] / figures["dc_cached_images_per_s"],
+        "step_vs_plain_keras": figures["dc_images_per_s"] / figures["plain_keras_images_per_s"],
+        "matmul_utilization": figures["achieved_flops_per_s"] / figures["matmul_flops_per_s"],
+        "vgg16_bn_32px_matmul_utilization": (figures["vgg16_bn_32px_achieved_flops_per_s"]
+                                             / figures["matmul_flops_per_s"]),
+        "extraction_vs_predict": figures["extraction_images_per_s"] / figures["predict_images_per_s"],
+        "clustering_vs_faiss": figures["clustering_s"] / figures["bare_faiss_s"],
+        "recluster_vs_epoch": figures["recluster_s"] / figures["epoch_s"],
+        "bf16_speedup": figures["bf16_images_per_s"] / figures["float32_images_per_s"],
+    }
+
+
+def main(argv: list[str]) -> None:
+    if len(argv) > 1:
+        raise app.UsageError(f"unexpected arguments: {' '.join(argv[1:])}")
+    logging.set_verbosity(logging.WARNING)
+    figures = run("quick" if FLAGS.quick else FLAGS.size, FLAGS.deterministic)
+    for key, value in sorted(figures.items()):
+        print(f"{key:45s} {value:.4g}")
+    if FLAGS.output:
+        with open(FLAGS.output, "w") as handle:
+            json.dump(figures, handle, indent=2, sort_keys=True)
+
+
+if __name__ == "__main__":
+    define_flags()
+    app.run(main)

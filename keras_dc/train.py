@@ -109,20 +109,21 @@ def export_backbone(backbone: keras.Model, config: Config, source: ImageSource) 
     return path
 
 
-def latest_assignment(workdir: str) -> Assignment | None:
-    """The most recent cycle's assignments saved in a workdir, if any."""
+def latest_assignment(workdir: str, first: bool = False) -> Assignment | None:
+    """The most recent (or with `first`, the earliest) cycle's assignments saved in a workdir, if any."""
     paths = sorted(glob.glob(os.path.join(workdir, "assignments", "cycle_*.npz")))
-    return Assignment.load(paths[-1]) if paths else None
+    return Assignment.load(paths[0 if first else -1]) if paths else None
 
 
 def summary(config: Config) -> dict:
-    """Where the outputs are, and the last clustering's figures."""
+    """Where the outputs are, and the first and last clusterings' figures."""
     workdir = config.workdir
-    latest = latest_assignment(workdir)
+    latest, first = latest_assignment(workdir), latest_assignment(workdir, first=True)
     return {
         "tensorboard": os.path.join(workdir, "tensorboard"),
         "checkpoints": os.path.join(workdir, "checkpoints"),
         "backbone": os.path.join(workdir, "backbone.keras"),
         "metrics": os.path.join(workdir, "metrics.jsonl"),
         "final_stats": latest.stats if latest else {},
+        "first_stats": first.stats if first else {},
     }

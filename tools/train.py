@@ -86,9 +86,10 @@ def print_summary(result: dict) -> None:
     print("\nDone.")
     for key in ("tensorboard", "checkpoints", "backbone", "metrics"):
         print(f"  {key:12s} {result[key]}")
-    stats = result["final_stats"]
-    if "cluster_nmi_labels" in stats:
-        print(f"  final NMI of clusters vs labels: {stats['cluster_nmi_labels']:.3f}")
+    first, final = result["first_stats"], result["final_stats"]
+    if "cluster_nmi_labels" in final:
+        print(f"  NMI of clusters vs labels: {first['cluster_nmi_labels']:.3f} at the first clustering "
+              f"(random network), {final['cluster_nmi_labels']:.3f} at the last")
     print(f"  TensorBoard: tensorboard --logdir {result['tensorboard']}")
 
 

@@ -1,0 +1,291 @@
+"""Linear probes on a frozen backbone (METHOD.md, "Evaluation protocol").
+
+One forward pass per image feeds every probed layer: a tap model outputs each
+selected conv layer, average-pooled until it has at most `max_dim` values, and
+the final features. The pooled activations are cached, standardised with the
+training rows' mean and deviation (an affine map, so the probe stays linear)
+and one softmax-regression head per layer (per layer and learning rate during
+k-fold selection) is trained by SGD on shared batches. The centre view is used,
+without augmentation.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+import time
+
+import numpy as np
+import tensorflow as tf
+from sklearn.model_selection import StratifiedKFold, train_test_split
+
+import keras_dc  # noqa: F401  (selects the TensorFlow backend)
+import keras
+
+from keras_dc import data, evaluation
+from keras_dc.config import ConfigError
+from keras_dc.sources import ImageSource
+
+FEATURES = "features"  # tap-model output holding the backbone's own output (fc7)
+_STD_FLOOR = 1e-6
+
+
+@dataclasses.dataclass
+class ProbeSettings:
+    """How the linear classifiers are trained: SGD with momentum, weight decay and a cosine schedule.
+
+    With several `lrs`, each layer's is chosen by stratified `kfold` cross-validation on the training rows.
+    Weight decay is Keras SGD's (w -= lr * weight_decay * w each step).
+    """
+
+    lrs: tuple[float, ...] = (1.0, 0.1, 0.01)
+    kfold: int = 3
+    epochs: int = 30
+    batch_size: int = 128
+    momentum: float = 0.9
+    weight_decay: float = 1e-4
+    seed: int = 0
+
+
+def pool_size(height: int, width: int, channels: int, max_dim: int) -> int:
+    """Smallest average-pool window (stride = window, 'same' padding) leaving at most max_dim values."""
+    if channels > max_dim:
+        raise ConfigError("max_dim", f"{max_dim} is less than the {channels} channels of a probed layer")
+    size = 1
+    while math.ceil(height / size) * math.ceil(width / size) * channels > max_dim:
+        size += 1
+    return size
+
+
+def tap_model(backbone: keras.Model, layer_names: list[str], max_dim: int,
+              with_features: bool = True) -> tuple[keras.Model, dict[str, dict]]:
+    """A model from the backbone's input to each named layer, pooled and flattened (and the final features).
+
+    Also returns, per layer, the flattened size ("dim") and the pooling window ("pool").
+    """
+    outputs, shapes = {}, {}
+    for name in layer_names:
+        tensor = backbone.get_layer(name).output
+        _, height, width, channels = tensor.shape
+        size = pool_size(height, width, channels, max_dim)
+        if size > 1:
+            tensor = keras.layers.AveragePooling2D(size, strides=size, padding="same",
+                                                   name=f"probe_pool_{name}")(tensor)
+        outputs[name] = keras.layers.Flatten(name=f"probe_flatten_{name}")(tensor)
+        shapes[name] = {"dim": int(math.prod(tensor.shape[1:])), "pool": size}
+    if with_features:
+        outputs[FEATURES] = backbone.output
+    return keras.Model(backbone.input, outputs, name="probe_taps"), shapes
+
+
+def extract(model: keras.Model, source: ImageSource, image_size: int, batch_size: int) -> dict[str, np.ndarray]:
+    """Every output of a tap model for every image of the source, in index order (centre view)."""
+    outputs = model.predict(data.clustering_dataset(source, image_size, batch_size), verbose=0)
+    return {name: np.asarray(values, np.float32) for name, values in outputs.items()}
+
+
+def take(features: dict[str, np.ndarray], rows: np.ndarray) -> dict[str, np.ndarray]:
+    """The given rows of every feature array."""
+    return {name: values[rows] for name, values in features.items()}
+
+
+def holdout(labels: np.ndarray, fraction: float, seed: int) -> tuple[np.ndarray, np.ndarray]:
+    """Row indices of a stratified split: (training rows, held-out rows with `fraction` of the data)."""
+    rows = np.arange(len(labels))
+    fit_rows, held_rows = train_test_split(rows, test_size=fraction, stratify=labels, random_state=seed)
+    return np.sort(fit_rows), np.sort(held_rows)
+
+
+def standardize(train: np.ndarray, *others: np.ndarray) -> list[np.ndarray]:
+    """Centres and scales each column with the training rows' mean and deviation (constant columns become 0)."""
+    mean = train.mean(axis=0)
+    scale = np.maximum(train.std(axis=0), _STD_FLOOR)
+    return [((values - mean) / scale).astype(np.float32) for values in (train, *others)]
+
+
+def train_heads(features: dict[str, np.ndarray], labels: np.ndarray, num_classes: int,
+                heads: list[tuple[str, float]], settings: ProbeSettings) -> list[tuple[np.ndarray, np.ndarray]]:
+    """Trains one softmax regression per (feature name, learning rate) on shared shuffled batches.
+
+    Heads start at zero and each has its own optimizer, so a head's result does not
+    depend on the others. Returns each head's (kernel, bias).
+    """
+    steps = math.ceil(len(labels) / settings.batch_size) * settings.epochs
+    layers, optimizers = [], []
+    for name, lr in heads:
+        layer = keras.layers.Dense(num_classes, kernel_initializer="zeros", dtype="float32")
+        layer.build((None, features[name].shape[1]))
+        optimizer = keras.optimizers.SGD(keras.optimizers.schedules.CosineDecay(lr, steps),
+                                         momentum=settings.momentum, weight_decay=settings.weight_decay or None)
+        optimizer.build(layer.trainable_variables)
+        layers.append(layer)
+        optimizers.append(optimizer)
+    step = _train_step(features, labels, [name for name, _ in heads], layers, optimizers)
+    rng = np.random.default_rng(settings.seed)
+    for _ in range(settings.epochs):
+        order = rng.permutation(len(labels))
+        for start in range(0, len(order), settings.batch_size):
+            step(order[start:start + settings.batch_size])
+    return [(layer.kernel.numpy(), layer.bias.numpy()) for layer in layers]
+
+
+def _train_step(features, labels, names, layers, optimizers):
+    """A compiled SGD step of every head on the rows it is given (gathered in the graph, not in Python)."""
+    tensors = {name: tf.convert_to_tensor(features[name]) for name in set(names)}
+    targets = tf.convert_to_tensor(labels)
+
+    @tf.function(reduce_retracing=True)
+    def step(rows):
+        batch_targets = tf.gather(targets, rows)
+        batch = {name: tf.gather(values, rows) for name, values in tensors.items()}
+        with tf.GradientTape() as tape:
+            losses = [keras.losses.sparse_categorical_crossentropy(batch_targets, layer(batch[name]), from_logits=True)
+                      for layer, name in zip(layers, names)]
+            total = tf.add_n([tf.reduce_mean(loss) for loss in losses])
+        gradients = tape.gradient(total, [layer.trainable_variables for layer in layers])
+        for optimizer, layer, gradient in zip(optimizers, layers, gradients):
+            optimizer.apply(gradient, layer.trainable_variables)
+
+    return step
+
+
+def choose_learning_rates(features: dict[str, np.ndarray], labels: np.ndarray, num_classes: int,
+                          settings: ProbeSettings) -> dict[str, dict]:
+    """Per feature, the learning rate with the best mean k-fold top-1 and the top-1 of every candidate."""
+    if len(settings.lrs) == 1:
+        return {name: {"lr": settings.lrs[0]} for name in features}
+    smallest_class = int(np.unique(labels, return_counts=True)[1].min())
+    if smallest_class < settings.kfold:
+        raise ConfigError("kfold", f"{settings.kfold} folds, but a class has only {smallest_class} training images")
+    heads = [(name, lr) for name in features for lr in settings.lrs]
+    correct = np.zeros(len(heads))
+    folds = StratifiedKFold(settings.kfold, shuffle=True, random_state=settings.seed)
+    for fit_rows, held_rows in folds.split(np.zeros(len(labels)), labels):
+        weights = train_heads(take(features, fit_rows), labels[fit_rows], num_classes, heads, settings)
+        for index, ((name, _), (kernel, bias)) in enumerate(zip(heads, weights)):
+            scores = features[name][held_rows] @ kernel + bias
+            correct[index] += evaluation.topk_accuracy(scores, labels[held_rows], 1) / settings.kfold
+    table = correct.reshape(len(features), len(settings.lrs))
+    return {name: {"lr": settings.lrs[int(np.argmax(row))],
+                   "cv_top1": {str(lr): float(value) for lr, value in zip(settings.lrs, row)}}
+            for name, row in zip(features, table)}
+
+
+def linear_probe(train: dict[str, np.ndarray], train_labels: np.ndarray, val: dict[str, np.ndarray],
+                 val_labels: np.ndarray, num_classes: int, settings: ProbeSettings) -> dict[str, dict]:
+    """Standardises, picks each layer's learning rate, fits on all training rows; top-1/top-5 on val."""
+    pairs = {name: standardize(train[name], val[name]) for name in train}
+    train_std = {name: pair[0] for name, pair in pairs.items()}
+    choices = choose_learning_rates(train_std, train_labels, num_classes, settings)
+    heads = [(name, choices[name]["lr"]) for name in train]
+    weights = train_heads(train_std, train_labels, num_classes, heads, settings)
+    results = {}
+    for (name, _), (kernel, bias) in zip(heads, weights):
+        scores = pairs[name][1] @ kernel + bias
+        results[name] = {"top1": evaluation.topk_accuracy(scores, val_labels, 1),
+                         "top5": evaluation.topk_accuracy(scores, val_labels, 5), **choices[name]}
+    return results
+
+
+@dataclasses.dataclass
+class EvaluationSettings:
+    """Everything `evaluate_backbone` needs besides the network and the images."""
+
+    layers: str = "block_last"
+    max_dim: int = 10000
+    val_fraction: float = 0.2
+    extract_batch_size: int = 256
+    knn_k: int = evaluation.KNN_NEIGHBOURS
+    knn_temperature: float = evaluation.KNN_TEMPERATURE
+    kmeans_k: int = 0  # 0: the number of classes
+    kmeans_pca_dim: int = 64
+    kmeans_iters: int = 20
+    probe: ProbeSettings = dataclasses.field(default_factory=ProbeSettings)
+
+
+@dataclasses.dataclass
+class ProbeSplit:
+    """Features and labels of the probe's training and validation rows, and of the whole training source."""
+
+    train: dict[str, np.ndarray]
+    train_labels: np.ndarray
+    val: dict[str, np.ndarray]
+    val_labels: np.ndarray
+    source: dict[str, np.ndarray]
+    source_labels: np.ndarray
+
+    @property
+    def num_classes(self) -> int:
+        return int(max(self.train_labels.max(), self.val_labels.max())) + 1
+
+
+def split_features(model: keras.Model, train_source: ImageSource, val_source: ImageSource | None,
+                   settings: EvaluationSettings) -> ProbeSplit:
+    """Runs the tap model once per image; without a validation source, holds out a stratified fraction."""
+    image_size = model.input_shape[1]
+    everything = extract(model, train_source, image_size, settings.extract_batch_size)
+    labels = train_source.labels
+    if val_source is None:
+        fit_rows, held_rows = holdout(labels, settings.val_fraction, settings.probe.seed)
+        return ProbeSplit(take(everything, fit_rows), labels[fit_rows], take(everything, held_rows),
+                          labels[held_rows], everything, labels)
+    val = extract(model, val_source, image_size, settings.extract_batch_size)
+    return ProbeSplit(everything, labels, val, val_source.labels, everything, labels)
+
+
+def evaluate_backbone(backbone: keras.Model, layer_names: list[str], train_source: ImageSource,
+                      val_source: ImageSource | None, settings: EvaluationSettings,
+                      cluster_ids: np.ndarray | None = None) -> dict:
+    """Linear probes on every named layer and k-NN on the final features, from one shared forward pass.
+
+    With `cluster_ids` (the model's clusters of the training source) the report scores them too,
+    beside k-means on the final features. Returns {"layers", "knn", "clusters", "timing"}.
+    """
+    start = time.perf_counter()
+    model, shapes = tap_model(backbone, layer_names, settings.max_dim)
+    split = split_features(model, train_source, val_source, settings)
+    extracted = time.perf_counter()
+    probes = linear_probe(take_layers(split.train, layer_names), split.train_labels,
+                          take_layers(split.val, layer_names), split.val_labels, split.num_classes, settings.probe)
+    probed = time.perf_counter()
+    knn = evaluation.knn_accuracy(split.train[FEATURES], split.train_labels, split.val[FEATURES], split.val_labels,
+                                  split.num_classes, settings.knn_k, settings.knn_temperature)
+    clusters = cluster_report(split, settings, cluster_ids)
+    timing = {"extract_s": extracted - start, "probe_s": probed - extracted,
+              "total_s": time.perf_counter() - start}
+    return {"layers": {name: {**shapes[name], **probes[name]} for name in layer_names}, "knn": knn,
+            "clusters": clusters, "timing": timing,
+            "images": {"train": len(split.train_labels), "val": len(split.val_labels)}}
+
+
+def take_layers(features: dict[str, np.ndarray], names: list[str]) -> dict[str, np.ndarray]:
+    """The named entries of a feature dict, in the given order."""
+    return {name: features[name] for name in names}
+
+
+def cluster_report(split: ProbeSplit, settings: EvaluationSettings, cluster_ids: np.ndarray | None) -> dict:
+    """Cluster quality on the whole training source: k-means on the final features, and the model's clusters."""
+    k = settings.kmeans_k or split.num_classes
+    report = {"kmeans": evaluation.kmeans_cluster_metrics(split.source[FEATURES], split.source_labels, k,
+                                                          settings.kmeans_pca_dim, settings.kmeans_iters,
+                                                          settings.probe.seed)}
+    if cluster_ids is not None:
+        report["model"] = evaluation.cluster_metrics(split.source_labels, cluster_ids)
+    return report
+
+
+def per_layer_baseline(backbone: keras.Model, layer_names: list[str], train_source: ImageSource,
+                       val_source: ImageSource | None, settings: EvaluationSettings) -> dict:
+    """The same probes as `evaluate_backbone`, one run per layer (own forward pass, own training), timed.
+
+    This is how the reference evaluates layers; it exists to measure what sharing the pass saves.
+    """
+    start = time.perf_counter()
+    layers = {}
+    for name in layer_names:
+        model, shapes = tap_model(backbone, [name], settings.max_dim, with_features=False)
+        split = split_features(model, train_source, val_source, settings)
+        result = linear_probe(split.train, split.train_labels, split.val, split.val_labels, split.num_classes,
+                              settings.probe)
+        layers[name] = {**shapes[name], **result[name]}
+    return {"layers": layers, "timing": {"total_s": time.perf_counter() - start}}

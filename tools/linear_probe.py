@@ -1,0 +1,224 @@
+"""Linear probes per conv layer, k-NN and cluster quality of a frozen backbone, against labels.
+
+    python tools/linear_probe.py --workdir=/tmp/kdc_demo --output=/tmp/kdc_demo/probe.json
+    python tools/linear_probe.py --random_init --arch=small --image_size=32 --train_data=digits
+
+The backbone comes from a trained --workdir, an exported --backbone (.keras) or
+--random_init (the baseline). Without --val_data a stratified --val_fraction of
+--train_data is held out. Results go to --output as JSON and to stdout as a table.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import sys
+
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+from absl import app, flags, logging
+
+from keras_dc.config import ConfigError
+
+FLAGS = flags.FLAGS
+
+
+def define_flags() -> None:
+    """Declares the tool's flags; only __main__ calls this."""
+    flags.DEFINE_string("workdir", "", "A training workdir: probes its backbone.keras on its data by default.")
+    flags.DEFINE_string("backbone", "", "An exported backbone (.keras), instead of --workdir.")
+    flags.DEFINE_bool("random_init", False, "Probe a randomly initialised --arch (the baseline).")
+    flags.DEFINE_string("arch", "small", "Backbone of --random_init: small, alexnet or vgg16_bn.")
+    flags.DEFINE_integer("image_size", 32, "Input side of --random_init.")
+    flags.DEFINE_bool("sobel", False, "Grey + Sobel input layers for --random_init.")
+    flags.DEFINE_string("train_data", "", "Labelled probe training set (syntax of train.py's --data); "
+                        "default: the workdir's training data.")
+    flags.DEFINE_string("val_data", "", "Labelled validation set; default: hold out --val_fraction of --train_data.")
+    flags.DEFINE_float("val_fraction", 0.2, "Stratified held-out fraction when there is no --val_data.")
+    flags.DEFINE_string("tfds_data_dir", "", "Folder where TFDS data sets were prepared.")
+    flags.DEFINE_integer("synthetic_size", 512, "Images of --train_data/--val_data=synthetic.")
+    flags.DEFINE_string("layers", "block_last", "Probe the last conv of each block (block_last), or all.")
+    flags.DEFINE_integer("max_dim", 10000, "Average-pool each layer until it has at most this many values.")
+    flags.DEFINE_list("lrs", ["1", "0.1", "0.01"], "Candidate SGD learning rates (several need --kfold).")
+    flags.DEFINE_integer("kfold", 3, "Folds of the cross-validation that picks each layer's learning rate.")
+    flags.DEFINE_integer("epochs", 30, "Probe training epochs.")
+    flags.DEFINE_integer("batch_size", 128, "Probe training batch size.")
+    flags.DEFINE_float("momentum", 0.9, "SGD momentum.")
+    flags.DEFINE_float("weight_decay", 1e-4, "SGD weight decay.")
+    flags.DEFINE_integer("knn_k", 20, "Neighbours of the k-NN classifier.")
+    flags.DEFINE_float("knn_temperature", 0.07, "Neighbour weights are exp(cosine / temperature).")
+    flags.DEFINE_integer("kmeans_k", 0, "Clusters of the k-means scored against labels (0: number of classes).")
+    flags.DEFINE_integer("kmeans_pca_dim", 64, "PCA dimension before that k-means.")
+    flags.DEFINE_integer("seed", 0, "Seed of the split, folds, probe batches, k-means and --random_init.")
+    flags.DEFINE_string("output", "", "Where to write the JSON report (default: none, table only).")
+    flags.DEFINE_bool("per_layer_baseline", False, "Also run one probe per layer, to time the shared pass.")
+
+
+def settings_from_flags():
+    """The evaluation settings the flags describe; raises ConfigError naming a wrong flag.
+
+    Everything but --layers is checked before TensorFlow loads, so a typo fails at once.
+    """
+    sources = [bool(FLAGS.workdir), bool(FLAGS.backbone), FLAGS.random_init]
+    if sum(sources) != 1:
+        raise ConfigError("workdir", "give exactly one of --workdir, --backbone and --random_init")
+    try:
+        lrs = tuple(float(lr) for lr in FLAGS.lrs)
+    except ValueError:
+        raise ConfigError("lrs", f"not a list of numbers: {','.join(FLAGS.lrs)}") from None
+    if not lrs or min(lrs) <= 0:
+        raise ConfigError("lrs", "needs one or more positive learning rates")
+    if len(lrs) > 1 and FLAGS.kfold < 2:
+        raise ConfigError("kfold", f"choosing among {len(lrs)} --lrs needs --kfold of 2 or more")
+    for flag in ("max_dim", "epochs", "batch_size", "knn_k", "kmeans_pca_dim", "image_size"):
+        if FLAGS[flag].value < 1:
+            raise ConfigError(flag, f"must be positive, got {FLAGS[flag].value}")
+    if FLAGS.kmeans_k < 0 or FLAGS.knn_temperature <= 0:
+        flag = "kmeans_k" if FLAGS.kmeans_k < 0 else "knn_temperature"
+        raise ConfigError(flag, f"out of range: {FLAGS[flag].value}")
+    if not 0 < FLAGS.val_fraction < 1:
+        raise ConfigError("val_fraction", f"must be in (0, 1), got {FLAGS.val_fraction}")
+    from keras_dc.backbones import TAP_CHOICES
+    from keras_dc.probe import EvaluationSettings, ProbeSettings
+
+    if FLAGS.layers not in TAP_CHOICES:
+        raise ConfigError("layers", f"unknown value {FLAGS.layers!r}; choose one of {', '.join(TAP_CHOICES)}")
+    probe = ProbeSettings(lrs=lrs, kfold=FLAGS.kfold, epochs=FLAGS.epochs, batch_size=FLAGS.batch_size,
+                          momentum=FLAGS.momentum, weight_decay=FLAGS.weight_decay, seed=FLAGS.seed)
+    return EvaluationSettings(layers=FLAGS.layers, max_dim=FLAGS.max_dim, val_fraction=FLAGS.val_fraction,
+                              knn_k=FLAGS.knn_k, knn_temperature=FLAGS.knn_temperature, kmeans_k=FLAGS.kmeans_k,
+                              kmeans_pca_dim=FLAGS.kmeans_pca_dim, probe=probe)
+
+
+def load_backbone():
+    """The network to probe and a line describing where it came from."""
+    import keras_dc.layers  # noqa: F401  (registers the custom layers for loading)
+    import keras
+
+    from keras_dc import backbones
+
+    if FLAGS.random_init:
+        try:
+            backbones.validate_architecture(FLAGS.arch, FLAGS.image_size)
+        except ValueError as error:
+            flag = "arch" if FLAGS.arch not in backbones.ARCHITECTURES else "image_size"
+            raise ConfigError(flag, str(error)) from None
+        model = backbones.build_backbone(FLAGS.arch, FLAGS.image_size, sobel=FLAGS.sobel, seed=FLAGS.seed)
+        return model, (f"random init {FLAGS.arch} (image_size {FLAGS.image_size}, sobel {FLAGS.sobel}, "
+                       f"seed {FLAGS.seed})")
+    flag, path = "backbone", FLAGS.backbone
+    if not FLAGS.backbone:
+        flag, path = "workdir", os.path.join(FLAGS.workdir, "backbone.keras")
+    if not os.path.isfile(path):
+        raise ConfigError(flag, f"{path} does not exist (a workdir has one once training has finished)")
+    return keras.models.load_model(path), path
+
+
+def workdir_config() -> dict:
+    """The workdir's config.json, or {} without --workdir."""
+    from keras_dc import checkpoints
+
+    if not FLAGS.workdir:
+        return {}
+    path = os.path.join(FLAGS.workdir, "config.json")
+    if not os.path.isfile(path):
+        raise ConfigError("workdir", f"{path} does not exist; is this a training workdir?")
+    return checkpoints.read_json(path)
+
+
+def load_labelled(flag: str, spec: str, image_size: int, trained: dict):
+    """Loads a labelled data set; the workdir's own data spec is read with the workdir's settings."""
+    from keras_dc.sources import load_source
+
+    same = bool(trained) and spec == trained["data"]
+    settings = trained if same else {"tfds_data_dir": FLAGS.tfds_data_dir, "synthetic_size": FLAGS.synthetic_size,
+                                     "seed": FLAGS.seed}
+    try:
+        source = load_source(spec, image_size, settings["tfds_data_dir"], settings["synthetic_size"], settings["seed"])
+    except ConfigError as error:
+        if error.flag != "data":
+            raise
+        raise ConfigError(flag, str(error).removeprefix("--data: ")) from None
+    if source.labels is None:
+        raise ConfigError(flag, f"{source.description} has no labels; the probe needs labelled images")
+    return source
+
+
+def model_clusters(trained: dict, train_spec: str, num_images: int):
+    """The workdir's latest cluster ids when the probe's training data is the training data, else None."""
+    from keras_dc import train
+
+    if not trained or train_spec != trained["data"]:
+        return None
+    assignment = train.latest_assignment(FLAGS.workdir)
+    if assignment is None or len(assignment.super_ids) != num_images:
+        return None
+    return assignment.cluster_ids(trained["k"] // trained["super_clusters"])
+
+
+def print_report(report: dict) -> None:
+    """The report as a table: one row per layer, then k-NN and cluster quality."""
+    print(f"\n{'layer':16s} {'dim':>6s} {'pool':>4s} {'lr':>7s} {'top1':>7s} {'top5':>7s}")
+    for name, row in report["layers"].items():
+        print(f"{name:16s} {row['dim']:6d} {row['pool']:4d} {row['lr']:7.3g} {100 * row['top1']:7.2f} "
+              f"{100 * row['top5']:7.2f}")
+    knn = report["knn"]
+    print(f"{'k-NN (features)':16s} {'':6s} {'':4s} {'':7s} {100 * knn['top1']:7.2f} {100 * knn['top5']:7.2f}"
+          f"   (k={knn['k']}, weights exp(cos/{knn['temperature']:g}))")
+    for name, row in report["clusters"].items():
+        print(f"clusters {name:7s} ({row['num_clusters']} clusters): NMI {row['nmi']:.3f}  ARI {row['ari']:.3f}  "
+              f"purity {row['purity']:.3f}  Hungarian accuracy {row['accuracy']:.3f}")
+    timing = report["timing"]
+    print(f"time: extraction {timing['extract_s']:.1f} s, probes {timing['probe_s']:.1f} s, "
+          f"total {timing['total_s']:.1f} s")
+
+
+def run() -> dict:
+    """Loads the backbone and data the flags name, evaluates, and adds the settings to the report."""
+    settings = settings_from_flags()
+    from keras_dc import backbones, checkpoints, probe
+
+    trained = workdir_config()
+    backbone, description = load_backbone()
+    image_size = backbone.input_shape[1]
+    train_spec = FLAGS.train_data or trained.get("data", "")
+    if not train_spec:
+        raise ConfigError("train_data", "is required with --backbone or --random_init")
+    train_source = load_labelled("train_data", train_spec, image_size, trained)
+    val_source = load_labelled("val_data", FLAGS.val_data, image_size, trained) if FLAGS.val_data else None
+    names = backbones.conv_tap_layers(backbone, settings.layers)
+    clusters = model_clusters(trained, train_spec, train_source.num_images)
+    report = probe.evaluate_backbone(backbone, names, train_source, val_source, settings, clusters)
+    if FLAGS.per_layer_baseline:
+        baseline = probe.per_layer_baseline(backbone, names, train_source, val_source, settings)
+        report["per_layer_baseline"] = {**baseline, "speedup": baseline["timing"]["total_s"] / (
+            report["timing"]["extract_s"] + report["timing"]["probe_s"])}
+    report["config"] = {"backbone": description, "train_data": train_source.description,
+                        "val_data": val_source.description if val_source else f"held out {settings.val_fraction}",
+                        "image_size": image_size, "augmentation": "none (centre view)",
+                        "settings": dataclasses.asdict(settings)}
+    if FLAGS.output:
+        checkpoints.write_json(FLAGS.output, report)
+    return report
+
+
+def main(argv: list[str]) -> None:
+    if len(argv) > 1:
+        raise app.UsageError(f"unexpected arguments: {' '.join(argv[1:])}")
+    logging.set_verbosity(logging.WARNING)
+    try:
+        report = run()
+    except ConfigError as error:
+        print(f"error: {error}", file=sys.stderr)
+        sys.exit(2)
+    print_report(report)
+    if "per_layer_baseline" in report:
+        print(f"one run per layer: {report['per_layer_baseline']['timing']['total_s']:.1f} s, "
+              f"{report['per_layer_baseline']['speedup']:.2f}x the shared pass")
+    if FLAGS.output:
+        print(f"report: {FLAGS.output}")
+
+
+if __name__ == "__main__":
+    define_flags()
+    app.run(main)

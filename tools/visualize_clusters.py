@@ -1,0 +1,73 @@
+"""Draws a run's current clusters: PNG grids, TensorBoard images and an embedding-projector export.
+
+    python tools/visualize_clusters.py --workdir=/tmp/kdc_demo
+    tensorboard --logdir /tmp/kdc_demo/tensorboard   (Images and Projector tabs, run "clusters")
+
+One grid per --select value (rows: clusters, columns: sampled members).
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+from absl import app, flags, logging
+
+from keras_dc.config import ConfigError
+
+FLAGS = flags.FLAGS
+
+
+def define_flags() -> None:
+    """Declares the tool's flags; only __main__ calls this."""
+    flags.DEFINE_string("workdir", "", "A training workdir (config.json, assignments/, backbone.keras).")
+    flags.DEFINE_list("select", ["largest", "smallest", "random"],
+                      "Which clusters, one grid each: largest, smallest and/or random.")
+    flags.DEFINE_integer("clusters", 8, "Clusters (rows) per grid.")
+    flags.DEFINE_integer("samples", 10, "Sampled images (columns) per cluster.")
+    flags.DEFINE_integer("projector_samples", 500, "Images in the embedding-projector export (0: none).")
+    flags.DEFINE_string("output_dir", "", "Folder of the PNG grids (default: WORKDIR/cluster_grids).")
+    flags.DEFINE_integer("seed", 0, "Seed of the random selection and the samples.")
+
+
+def check_flags() -> None:
+    """Raises ConfigError naming the first wrong flag; the numbers are checked before TensorFlow loads."""
+    if not FLAGS.workdir:
+        raise ConfigError("workdir", "is required")
+    for flag in ("clusters", "samples"):
+        if FLAGS[flag].value < 1:
+            raise ConfigError(flag, f"must be positive, got {FLAGS[flag].value}")
+    if FLAGS.projector_samples < 0:
+        raise ConfigError("projector_samples", f"must be 0 or more, got {FLAGS.projector_samples}")
+    from keras_dc.visualize import SELECTIONS
+
+    if not FLAGS.select or any(value not in SELECTIONS for value in FLAGS.select):
+        raise ConfigError("select", f"choose one or more of {', '.join(SELECTIONS)}, got {','.join(FLAGS.select)}")
+
+
+def main(argv: list[str]) -> None:
+    if len(argv) > 1:
+        raise app.UsageError(f"unexpected arguments: {' '.join(argv[1:])}")
+    logging.set_verbosity(logging.WARNING)
+    try:
+        check_flags()
+        from keras_dc import visualize
+
+        output_dir = FLAGS.output_dir or os.path.join(FLAGS.workdir, "cluster_grids")
+        summary = visualize.visualize_run(FLAGS.workdir, FLAGS.select, FLAGS.clusters, FLAGS.samples,
+                                          FLAGS.projector_samples, output_dir, FLAGS.seed)
+    except ConfigError as error:
+        print(f"error: {error}", file=sys.stderr)
+        sys.exit(2)
+    print(f"clusters of cycle {summary['cycle']}")
+    for how, entry in summary["grids"].items():
+        rows = ", ".join(f"{cluster} ({size})" for cluster, size in zip(entry["clusters"], entry["sizes"]))
+        print(f"  {how:8s} {entry['png']}  rows: cluster (size) {rows}")
+    print(f"  TensorBoard images and projector ({summary.get('projector_images', 0)} images): {summary['tensorboard']}")
+
+
+if __name__ == "__main__":
+    define_flags()
+    app.run(main)

@@ -1,8 +1,9 @@
-"""Keras callbacks of a DeeperCluster run: re-clustering, checkpoints and the metrics file."""
+"""Keras callbacks of a DeeperCluster run: re-clustering, checkpoints, the metrics file and a loss guard."""
 
 from __future__ import annotations
 
 import json
+import math
 import os
 from typing import Callable
 
@@ -13,8 +14,12 @@ import keras_dc  # noqa: F401  (selects the TensorFlow backend)
 import keras
 
 from keras_dc import checkpoints, hierarchy, model as model_lib, reclustering, sampling
+from keras_dc.checkpoints import Position
 from keras_dc.config import Config
 from keras_dc.data import LabelTables
+from keras_dc.distribute import Collective
+from keras_dc.feature_cache import CacheSettings
+from keras_dc.preemption import Preempted, StopRequest
 from keras_dc.reclustering import Assignment
 from keras_dc.sources import ImageSource
 
@@ -23,13 +28,20 @@ class ReclusterCallback(keras.callbacks.Callback):
     """Every T epochs: re-cluster, save, swap the label tables and reset the heads.
 
     Before every epoch it also draws that epoch's sampling plan. On a resumed
-    run it reuses a cycle's saved assignments instead of clustering again.
+    run it reuses a cycle's saved assignments instead of clustering again, and
+    an epoch resumed mid-way (`resumed_mid_epoch`) keeps its restored heads.
+    On several workers (`collective`) all cluster together and worker 0 saves.
     """
 
     def __init__(self, config: Config, source: ImageSource, tables: LabelTables, workdir: str,
-                 log: Callable[[str], None] = print, writer: tf.summary.SummaryWriter | None = None):
+                 log: Callable[[str], None] = print, writer: tf.summary.SummaryWriter | None = None,
+                 resumed_mid_epoch: int | None = None, collective: Collective | None = None,
+                 cache: CacheSettings | None = None):
         super().__init__()
+        self.collective = collective or Collective()
+        self.cache = cache
         self.config = config
+        self.resumed_mid_epoch = resumed_mid_epoch
         self.source = source
         self.tables = tables
         self.workdir = workdir
@@ -42,7 +54,8 @@ class ReclusterCallback(keras.callbacks.Callback):
     def on_epoch_begin(self, epoch, logs=None):
         cycle = epoch // self.config.reassign_every
         if cycle != self._cycle:
-            self._activate(cycle, reset=epoch % self.config.reassign_every == 0)
+            cycle_start = epoch % self.config.reassign_every == 0
+            self._activate(cycle, report=cycle_start, reset=cycle_start and epoch != self.resumed_mid_epoch)
         self._draw_plan(epoch)
 
     def on_epoch_end(self, epoch, logs=None):
@@ -50,24 +63,30 @@ class ReclusterCallback(keras.callbacks.Callback):
             logs.update(self._new_stats)
         self._new_stats = {}
 
-    def _activate(self, cycle: int, reset: bool) -> None:
+    def _activate(self, cycle: int, report: bool, reset: bool) -> None:
         path = checkpoints.assignment_path(self.workdir, cycle)
-        if os.path.exists(path):
+        if self._saved_for_all(path):
             self.assignment = Assignment.load(path)
             self.log(f"clustering: cycle {cycle} assignments loaded from {path}")
             computed = False
         else:
             previous = self._previous(cycle)
             self.assignment = reclustering.recluster(self.model.backbone, self.source, self.config, cycle,
-                                                     previous, self.log)
-            self.assignment.save(path)
+                                                     previous, self.log, self.collective, self.cache)
+            if self.collective.worker == 0:
+                self.assignment.save(path)
             computed = True
-        if computed or reset:
+        if computed or report:
             self._report(cycle)
         self._swap_tables()
         if reset:
             model_lib.reset_heads(self.model, reclustering.cycle_seed(self.config.seed, cycle, 2))
         self._cycle = cycle
+
+    def _saved_for_all(self, path: str) -> bool:
+        """Whether every worker sees the saved assignments, so that all load or all cluster together."""
+        seen = self.collective.all_reduce_sum(np.array([os.path.exists(path)], dtype=np.int64))
+        return int(seen[0]) == self.collective.workers
 
     def _previous(self, cycle: int) -> Assignment | None:
         if self.assignment is not None:
@@ -111,35 +130,88 @@ class ReclusterCallback(keras.callbacks.Callback):
             self.writer.flush()
 
 
-class CheckpointCallback(keras.callbacks.Callback):
-    """Saves model and optimizer after every epoch, so a rerun resumes at the next one."""
+class NonFiniteLoss(RuntimeError):
+    """The loss became NaN or infinite; training stopped before any checkpoint held that state."""
 
-    def __init__(self, training_checkpoints: checkpoints.TrainingCheckpoints):
+
+class StopOnNonFiniteLoss(keras.callbacks.Callback):
+    """Raises NonFiniteLoss at the first batch whose loss is not finite.
+
+    Unlike keras.callbacks.TerminateOnNaN, which lets the epoch end (and the
+    checkpoint callback save), raising leaves the last good checkpoint the latest.
+    Keep it before CheckpointCallback, so that its batch check runs first.
+    """
+
+    def on_epoch_begin(self, epoch, logs=None):
+        self.epoch = epoch
+
+    def on_train_batch_end(self, batch, logs=None):
+        loss = float((logs or {}).get("loss", 0.0))
+        if not math.isfinite(loss):
+            raise NonFiniteLoss(f"the loss became {loss} at epoch {self.epoch + 1}, batch {batch + 1}; "
+                                f"training stopped and the last good checkpoint was kept")
+
+
+class CheckpointCallback(keras.callbacks.Callback):
+    """Saves after every epoch, and at the current batch when pre-emption is requested.
+
+    A run resumed mid-epoch starts at `start`: that epoch's batches are counted
+    from start.step and the running metrics that fit() reset are put back. Keep
+    it last, so that the other callbacks have finished an epoch before it is saved.
+    """
+
+    def __init__(self, training_checkpoints: checkpoints.TrainingCheckpoints, start: Position,
+                 stop_request: StopRequest | None = None):
         super().__init__()
         self.training_checkpoints = training_checkpoints
+        self.start = start
+        self.stop_request = stop_request
+        self.position = start
+
+    def on_epoch_begin(self, epoch, logs=None):
+        self.position = Position(epoch, self.start.step if epoch == self.start.epoch else 0)
+        if self.position.step:
+            self.training_checkpoints.put_back_metrics()
+
+    def on_train_batch_end(self, batch, logs=None):
+        self.position = Position(self.position.epoch, self.position.step + 1)
+        if self.position.step < self.training_checkpoints.steps_per_epoch:
+            self._stop_if_requested()
 
     def on_epoch_end(self, epoch, logs=None):
-        self.training_checkpoints.save(epoch + 1)
+        self.position = Position(epoch + 1)
+        self.training_checkpoints.save(self.position)
+        self._stop_if_requested(saved=True)
+
+    def _stop_if_requested(self, saved: bool = False) -> None:
+        if self.stop_request is None or not self.stop_request.requested:
+            return
+        if not saved:
+            self.training_checkpoints.save(self.position)
+        raise Preempted(self.position, self.training_checkpoints.steps_per_epoch)
 
 
 class MetricsFile(keras.callbacks.Callback):
-    """Appends each epoch's figures as one JSON line (machine-readable twin of TensorBoard)."""
+    """Keeps each epoch's figures as one JSON line (machine-readable twin of TensorBoard).
+
+    The whole file is rewritten atomically each epoch, so a kill never leaves half
+    a line; on resume, the lines of epochs that will be redone are dropped.
+    """
 
     def __init__(self, path: str, first_epoch: int):
         super().__init__()
         self.path = path
-        _drop_epochs_from(path, first_epoch)
+        self.lines = _lines_up_to(path, first_epoch)
 
     def on_epoch_end(self, epoch, logs=None):
         record = {"epoch": epoch + 1, **{key: float(value) for key, value in (logs or {}).items()}}
-        with open(self.path, "a") as handle:
-            handle.write(json.dumps(record, sort_keys=True) + "\n")
+        self.lines.append(json.dumps(record, sort_keys=True) + "\n")
+        checkpoints.atomic_write_bytes(self.path, "".join(self.lines).encode())
 
 
-def _drop_epochs_from(path: str, first_epoch: int) -> None:
-    """Forgets lines of epochs a resumed run will redo, so every epoch appears once."""
+def _lines_up_to(path: str, last_epoch: int) -> list[str]:
+    """The file's lines of epochs 1..last_epoch (a resumed run redoes the others)."""
     if not os.path.exists(path):
-        return
+        return []
     with open(path) as handle:
-        lines = [line for line in handle if line.strip() and json.loads(line)["epoch"] <= first_epoch]
-    checkpoints.atomic_write_bytes(path, "".join(lines).encode())
+        return [line for line in handle if line.strip() and json.loads(line)["epoch"] <= last_epoch]

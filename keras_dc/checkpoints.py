@@ -3,16 +3,22 @@
 Layout of a workdir:
     config.json                   every setting of the run
     checkpoints/                  tf.train.Checkpoint of model + optimizer, one per epoch
+                                  (and one at the current batch on pre-emption)
     assignments/cycle_NNNN.npz    super/sub ids, PCA and statistics of each re-clustering
     metrics.jsonl                 one JSON line per epoch
     tensorboard/                  TensorBoard logs
     backbone.keras, backbone.json the exported feature extractor and its description
 Files are written to a temporary name, flushed, fsynced and renamed, so a
 killed run leaves either the old file or the new one, never half of one.
+Checkpoints are fsynced before tf.train.CheckpointManager records them in
+checkpoints/checkpoint (itself replaced by a rename), so a kill in the middle
+of a save leaves the previous checkpoint the latest one.
 """
 
 from __future__ import annotations
 
+import dataclasses
+import glob
 import io
 import json
 import os
@@ -20,6 +26,8 @@ import tempfile
 
 import numpy as np
 import tensorflow as tf
+
+from keras_dc.config import ConfigError
 
 
 def atomic_write_bytes(path: str, payload: bytes) -> None:
@@ -33,10 +41,20 @@ def atomic_write_bytes(path: str, payload: bytes) -> None:
             stream.flush()
             os.fsync(stream.fileno())
         os.replace(temporary, path)
+        fsync_path(folder)
     except BaseException:
         if os.path.exists(temporary):
             os.remove(temporary)
         raise
+
+
+def fsync_path(path: str) -> None:
+    """Flushes a file, or a folder's entries (a rename), to disk."""
+    handle = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(handle)
+    finally:
+        os.close(handle)
 
 
 def write_json(path: str, value) -> None:
@@ -67,26 +85,65 @@ def assignment_path(workdir: str, cycle: int) -> str:
     return os.path.join(workdir, "assignments", f"cycle_{cycle:04d}.npz")
 
 
+@dataclasses.dataclass(frozen=True)
+class Position:
+    """How far training got: `epoch` epochs complete, plus `step` batches of the next one."""
+
+    epoch: int
+    step: int = 0
+
+
+def sync_checkpoint(prefix: str) -> None:
+    """Flushes a written checkpoint's files and folder to disk, before anything points at it."""
+    for path in glob.glob(glob.escape(prefix) + ".*"):
+        fsync_path(path)
+    fsync_path(os.path.dirname(prefix))
+
+
 class TrainingCheckpoints:
-    """Model, optimizer and dropout-RNG state after each epoch, restored on rerun.
+    """Model, optimizer, dropout-RNG state, running metrics and position, restored on rerun.
 
     The dropout seed-generator states are saved too: without them a resumed run
-    would draw other dropout masks than an uninterrupted one.
+    would draw other dropout masks than an uninterrupted one. The running metrics
+    let a run resumed mid-epoch report that epoch's figures over all its batches.
+    Checkpoint numbers count batches: epoch * steps_per_epoch + step.
     """
 
-    def __init__(self, workdir: str, model, max_to_keep: int = 2):
+    def __init__(self, workdir: str, model, steps_per_epoch: int, max_to_keep: int = 2):
         seed_states = [variable for variable in model.variables if "seed_generator_state" in variable.path]
-        self.checkpoint = tf.train.Checkpoint(model=model, optimizer=model.optimizer, seed_states=seed_states)
+        self.metric_variables = [variable for metric in model.metrics for variable in metric.variables]
+        self.epoch = tf.Variable(0, dtype=tf.int64, trainable=False, name="position_epoch")
+        self.step = tf.Variable(0, dtype=tf.int64, trainable=False, name="position_step")
+        self.checkpoint = tf.train.Checkpoint(model=model, optimizer=model.optimizer, seed_states=seed_states,
+                                              metrics=self.metric_variables, epoch=self.epoch, step=self.step)
         self.manager = tf.train.CheckpointManager(self.checkpoint, os.path.join(workdir, "checkpoints"),
                                                   max_to_keep=max_to_keep)
+        self.steps_per_epoch = steps_per_epoch
+        self.restored_metrics: list[np.ndarray] = []
 
-    def restore(self) -> int:
-        """Restores the latest checkpoint; returns the number of epochs it had completed."""
+    def restore(self) -> Position:
+        """Restores the latest checkpoint, if any; returns where it stopped."""
         latest = self.manager.latest_checkpoint
         if latest is None:
-            return 0
-        self.checkpoint.restore(latest).assert_existing_objects_matched()
-        return int(latest.rsplit("-", 1)[1])
+            return Position(0)
+        try:
+            self.checkpoint.restore(latest).assert_existing_objects_matched()
+        except (AssertionError, ValueError, tf.errors.OpError) as error:
+            reason = str(error).strip().splitlines()[0][:200]
+            raise ConfigError("workdir", f"cannot resume from {latest} ({reason}): it was written with another "
+                              f"configuration or is damaged; use another --workdir") from None
+        self.restored_metrics = [variable.numpy() for variable in self.metric_variables]
+        return Position(int(self.epoch.numpy()), int(self.step.numpy()))
 
-    def save(self, epochs_done: int) -> str:
-        return self.manager.save(checkpoint_number=epochs_done)
+    def put_back_metrics(self) -> None:
+        """Sets the running metrics to their restored values (fit() resets them when an epoch begins)."""
+        for variable, value in zip(self.metric_variables, self.restored_metrics):
+            variable.assign(value)
+
+    def save(self, position: Position) -> str:
+        """Saves the current state as reached at `position`; durable once this returns."""
+        self.epoch.assign(position.epoch)
+        self.step.assign(position.step)
+        options = tf.train.CheckpointOptions(experimental_write_callbacks=[sync_checkpoint])
+        return self.manager.save(checkpoint_number=position.epoch * self.steps_per_epoch + position.step,
+                                 options=options)

@@ -15,9 +15,13 @@ SAMPLING_MODES = ("uniform", "weighted", "none")
 PRECISIONS = ("float32", "mixed_bfloat16", "mixed_float16")
 STRATEGIES = ("auto", "default", "one_device", "mirrored", "multi_worker")
 
-# Settings that decide the shape of the model or the meaning of the saved
-# assignments: a workdir written with other values cannot be resumed.
-RESUME_KEYS = ("data", "arch", "image_size", "k", "super_clusters", "rotation", "sobel", "seed")
+VERBOSITIES = (0, 1, 2)
+
+# Settings that decide the shape of the model, the meaning of the saved
+# assignments (cycle n covers epochs n*T..) or of a mid-epoch position (counted
+# in batches): a workdir written with other values cannot be resumed.
+RESUME_KEYS = ("data", "arch", "image_size", "k", "super_clusters", "rotation", "sobel", "seed",
+               "reassign_every", "batch_size")
 
 
 class ConfigError(ValueError):
@@ -89,34 +93,62 @@ def validate(config: Config) -> None:
     """Checks the settings that need no data; raises ConfigError naming the flag."""
     from keras_dc import backbones
 
-    if not config.workdir:
-        raise ConfigError("workdir", "is required (the folder for checkpoints, logs and exports)")
+    _check_workdir(config.workdir)
+    if not config.data:
+        raise ConfigError("data", "is required: digits, synthetic, tfds:NAME[:SPLIT] or a folder of images")
     if config.arch not in backbones.ARCHITECTURES:
         raise ConfigError("arch", f"unknown backbone {config.arch!r}; choose one of {', '.join(backbones.ARCHITECTURES)}")
     minimum = backbones.MIN_IMAGE_SIZE[config.arch]
     if config.image_size < minimum:
         raise ConfigError("image_size", f"{config.image_size} is too small for {config.arch}; use at least {minimum}")
+    _check_numbers(config)
+    _check_clusters(config)
+    _check_choice("sampling", config.sampling, SAMPLING_MODES)
+    _check_choice("precision", config.precision, PRECISIONS)
+    _check_choice("strategy", config.strategy, STRATEGIES)
+    _check_choice("verbose", config.verbose, VERBOSITIES)
+
+
+def _check_numbers(config: Config) -> None:
     for flag in ("batch_size", "epochs", "reassign_every", "pca_dim", "kmeans_iters", "lr"):
         _positive(flag, getattr(config, flag))
+    for flag in ("seed", "pca_sample"):
+        if getattr(config, flag) < 0:
+            raise ConfigError(flag, f"must be 0 or more, got {getattr(config, flag)}")
+    if config.data == "synthetic":
+        _positive("synthetic_size", config.synthetic_size)
+    if config.weight_decay < 0 or not 0 <= config.momentum < 1:
+        flag = "weight_decay" if config.weight_decay < 0 else "momentum"
+        raise ConfigError(flag, f"out of range: {getattr(config, flag)}")
+    if not 0 < config.min_crop_scale <= 1:
+        raise ConfigError("min_crop_scale", f"must be in (0, 1], got {config.min_crop_scale}")
+
+
+def _check_clusters(config: Config) -> None:
     if config.k < 1:
         raise ConfigError("k", f"must be at least 1, got {config.k}")
     if config.super_clusters < 1:
         raise ConfigError("super_clusters", f"must be at least 1, got {config.super_clusters}")
     if config.k % config.super_clusters:
         raise ConfigError("k", f"{config.k} is not divisible by --super_clusters={config.super_clusters}")
-    if config.weight_decay < 0 or not 0 <= config.momentum < 1:
-        flag = "weight_decay" if config.weight_decay < 0 else "momentum"
-        raise ConfigError(flag, f"out of range: {getattr(config, flag)}")
-    if not 0 < config.min_crop_scale <= 1:
-        raise ConfigError("min_crop_scale", f"must be in (0, 1], got {config.min_crop_scale}")
-    _check_choice("sampling", config.sampling, SAMPLING_MODES)
-    _check_choice("precision", config.precision, PRECISIONS)
-    _check_choice("strategy", config.strategy, STRATEGIES)
 
 
-def _check_choice(flag: str, value: str, allowed: tuple[str, ...]) -> None:
+def _check_workdir(workdir: str) -> None:
+    """The workdir must be a folder, or creatable in the nearest existing folder above it."""
+    if not workdir:
+        raise ConfigError("workdir", "is required (the folder for checkpoints, logs and exports)")
+    if os.path.exists(workdir) and not os.path.isdir(workdir):
+        raise ConfigError("workdir", f"{workdir} exists and is not a folder")
+    parent = os.path.abspath(workdir)
+    while not os.path.exists(parent):
+        parent = os.path.dirname(parent)
+    if not os.access(parent, os.W_OK):
+        raise ConfigError("workdir", f"cannot write in {parent}")
+
+
+def _check_choice(flag: str, value, allowed: tuple) -> None:
     if value not in allowed:
-        raise ConfigError(flag, f"unknown value {value!r}; choose one of {', '.join(allowed)}")
+        raise ConfigError(flag, f"unknown value {value!r}; choose one of {', '.join(map(str, allowed))}")
 
 
 def validate_for_data(config: Config, num_images: int) -> None:
@@ -128,8 +160,9 @@ def validate_for_data(config: Config, num_images: int) -> None:
                           f"{num_images // config.super_clusters} images a super-cluster holds on average")
 
 
-def check_resumable(config: Config, workdir_config_path: str) -> None:
-    """Refuses to resume a workdir whose saved configuration differs in a key setting."""
+def check_resumable(config: Config, workdir_config_path: str, num_images: int | None = None) -> None:
+    """Refuses to resume a workdir whose saved configuration differs in a key setting, or (when
+    num_images is given) whose data had another number of readable images: indices would shift."""
     if not os.path.exists(workdir_config_path):
         return
     try:
@@ -141,3 +174,7 @@ def check_resumable(config: Config, workdir_config_path: str) -> None:
         if key in saved and saved[key] != getattr(config, key):
             raise ConfigError(key, f"the workdir {config.workdir} was trained with --{key}={saved[key]}, "
                               f"not {getattr(config, key)}; use another --workdir or the same setting")
+    if num_images is not None and saved.get("num_images", num_images) != num_images:
+        raise ConfigError("data", f"the workdir {config.workdir} was trained on {saved['num_images']} readable "
+                          f"images, {config.data} now has {num_images} (files added, removed or damaged); "
+                          f"restore the data or use another --workdir")

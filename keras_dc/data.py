@@ -10,6 +10,7 @@ and every example carries its stable image index.
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 
 import numpy as np
 import tensorflow as tf
@@ -140,8 +141,20 @@ def training_dataset(source: ImageSource, tables: LabelTables, image_size: int, 
                               num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
         dataset = dataset.batch(batch_size, drop_remainder=True)
     dataset = dataset.map(labelled_batch, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
-    dataset = dataset.prefetch(tf.data.AUTOTUNE)
+    dataset = dataset.take(steps).prefetch(tf.data.AUTOTUNE)  # shards may differ by one batch
     return dataset.apply(tf.data.experimental.assert_cardinality(steps)).with_options(_options())
+
+
+def distributed_training_dataset(strategy: tf.distribute.Strategy, make: Callable[..., tf.data.Dataset],
+                                 global_batch_size: int) -> tf.distribute.DistributedDataset:
+    """What `make(batch_size=, shard=)` builds (training_dataset with its other arguments bound), once
+    per input pipeline: each reads its own shard of the epoch plan in per-replica batches, so that a
+    step consumes global_batch_size distinct examples."""
+    def pipeline(context: tf.distribute.InputContext) -> tf.data.Dataset:
+        return make(batch_size=context.get_per_replica_batch_size(global_batch_size),
+                    shard=(context.input_pipeline_id, context.num_input_pipelines))
+
+    return strategy.distribute_datasets_from_function(pipeline)
 
 
 def fixed_size_image(source: ImageSource, index: tf.Tensor, size: int) -> tf.Tensor:

@@ -89,8 +89,14 @@ def fit_pca(
         rows = np.random.default_rng(seed).choice(x.shape[0], size=sample_size, replace=False)
         x = x[np.sort(rows)]
     mean, cov = _mean_and_covariance(x)
+    return pca_from_moments(mean, cov, dim, whitening_power)
+
+
+def pca_from_moments(mean: np.ndarray, cov: np.ndarray, dim: int, whitening_power: float = 0.5) -> PCA:
+    """The PCA of data with this mean and covariance, keeping min(dim, d_in) directions; lets
+    workers fit one PCA from moments summed over their shards."""
     eigenvalues, vectors = np.linalg.eigh(cov)
-    order = np.argsort(eigenvalues)[::-1][: min(dim, x.shape[1])]
+    order = np.argsort(eigenvalues)[::-1][: min(dim, cov.shape[0])]
     eigenvalues = np.clip(eigenvalues[order], 0.0, None)
     largest = eigenvalues[0]
     eigenvalues = eigenvalues + (_EIG_EPS_REL * largest if largest > 0 else _EIG_EPS_REL)

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import os
 import time
 from typing import Callable
 
@@ -17,8 +18,9 @@ from sklearn import metrics
 import keras_dc  # noqa: F401  (selects the TensorFlow backend)
 import keras
 
-from keras_dc import checkpoints, clustering, data, hierarchy
+from keras_dc import checkpoints, data, distribute, distributed_kmeans, feature_cache, hierarchy
 from keras_dc.config import Config
+from keras_dc.feature_cache import CacheSettings, FeatureCache, ShardedFeatures
 from keras_dc.pca import PCA
 from keras_dc.sources import ImageSource
 
@@ -61,19 +63,40 @@ def cycle_seed(seed: int, cycle: int, salt: int) -> int:
     return (seed * 1_000_003 + cycle * 7919 + salt) % (2**31 - 1)
 
 
+def extract_shard_to_cache(backbone: keras.Model, source: ImageSource, image_size: int, batch_size: int,
+                           rows: tuple[int, int], path: str, dtype: str = "float32") -> FeatureCache:
+    """Features of images [start, stop) in index order (centre view, no rotation, inference mode),
+    written to a cache file instead of RAM."""
+    images = data.clustering_dataset(source, image_size, batch_size, np.arange(*rows))
+    return feature_cache.extract_to_cache(backbone, images, path, rows[1] - rows[0], dtype)
+
+
 def recluster(backbone: keras.Model, source: ImageSource, config: Config, cycle: int,
-              previous: Assignment | None, log: Callable[[str], None] = print) -> Assignment:
-    """Runs cycle steps 1-5 of METHOD.md and measures the result."""
+              previous: Assignment | None, log: Callable[[str], None] = print,
+              collective: distribute.Collective | None = None, cache: CacheSettings | None = None) -> Assignment:
+    """Runs cycle steps 1-5 of METHOD.md and measures the result. Each worker of `collective`
+    extracts and caches its shard of the images; all workers return the same assignment."""
     start = time.perf_counter()
     if config.k == 1:
         zeros = np.zeros(source.num_images, np.int32)
         return Assignment(zeros, zeros, {"recluster_seconds": 0.0})
-    features = extract_features(backbone, source, config.image_size, config.batch_size)
-    extract_seconds = time.perf_counter() - start
-    log(f"clustering: extracted {features.shape[0]} x {features.shape[1]} features in {extract_seconds:.2f} s")
-    result, pca, timings = clustering.cluster_features(
-        features, config.k, config.super_clusters, config.pca_dim, config.kmeans_iters,
-        cycle_seed(config.seed, cycle, 1), pca_sample=config.pca_sample or None, log=log)
+    collective = collective or distribute.Collective()
+    rows = feature_cache.shard_bounds(source.num_images, collective.worker, collective.workers)
+    with feature_cache.cache_directory(cache) as settings:
+        feature_cache.check_cache_budget(rows[1] - rows[0], (backbone.output_shape[-1], config.pca_dim), settings)
+        prefix = os.path.join(settings.directory, f"worker_{collective.worker}")
+        raw = extract_shard_to_cache(backbone, source, config.image_size, config.batch_size, rows,
+                                     prefix + "_raw.npy", settings.dtype)
+        extract_seconds = time.perf_counter() - start
+        log(f"clustering: extracted {rows[1] - rows[0]} x {raw.shape[1]} features on worker "
+            f"{collective.worker} of {collective.workers} in {extract_seconds:.2f} s")
+        try:
+            result, pca, timings = distributed_kmeans.cluster_features(
+                ShardedFeatures(raw.array, rows[0], source.num_images, collective), config.k,
+                config.super_clusters, config.pca_dim, config.kmeans_iters, cycle_seed(config.seed, cycle, 1),
+                prefix + "_reduced.npy", pca_sample=config.pca_sample or None, dtype=settings.dtype, log=log)
+        finally:
+            raw.remove()
     assignment = Assignment(result.super_ids, result.sub_ids, {}, pca)
     assignment.stats = assignment_stats(assignment, config, source.labels, previous)
     assignment.stats.update(recluster_seconds=time.perf_counter() - start, extract_seconds=extract_seconds,

@@ -2,6 +2,9 @@
 
 Every source is indexable: image n is always image n, whatever the shuffling,
 so that the index-to-label tables stay valid. Nothing is downloaded here.
+Image folders are checked once when loaded: files TensorFlow cannot decode
+(empty, truncated, not an image whatever their extension) are left out before
+indices are given, so training never meets them and the indices stay stable.
 """
 
 from __future__ import annotations
@@ -14,7 +17,7 @@ import tensorflow as tf
 
 from keras_dc.config import ConfigError
 
-IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".gif")
+IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".gif", ".webp")
 SYNTHETIC_CLASSES = 10
 
 
@@ -28,21 +31,40 @@ class ImageSource:
     paths: np.ndarray | None = None  # (N,) str, for image folders
     labels: np.ndarray | None = None
     class_names: tuple[str, ...] | None = None
+    unreadable: tuple[str, ...] = ()  # image files of a folder that were left out
 
     def load(self, index: tf.Tensor) -> tf.Tensor:
         """The uint8 (H, W, 3) image with this index, as a tensor op (no Python per example)."""
         if self.images is not None:
             return tf.gather(self._image_tensor, index)
-        data = tf.io.read_file(tf.gather(self._path_tensor, index))
-        image = tf.io.decode_image(data, channels=3, expand_animations=False)
-        image.set_shape([None, None, 3])
-        return image
+        return decode_file(tf.gather(self._path_tensor, index))
 
     def __post_init__(self):
         if self.images is not None:
             self._image_tensor = tf.constant(self.images)
         if self.paths is not None:
             self._path_tensor = tf.constant(self.paths)
+
+
+def decode_file(path: tf.Tensor) -> tf.Tensor:
+    """The uint8 (H, W, 3) image in a file (JPEG, PNG, GIF, BMP or WebP, whatever its extension)."""
+    image = tf.io.decode_image(tf.io.read_file(path), channels=3, expand_animations=False)
+    image.set_shape([None, None, 3])
+    return image
+
+
+def readable(paths: np.ndarray) -> np.ndarray:
+    """A boolean mask of the files that decode_file reads without error, decoded in parallel.
+
+    The same decoder as training is used, so a file kept here cannot fail there.
+    """
+    path_tensor = tf.constant(paths)
+    dataset = tf.data.Dataset.range(len(paths)).map(
+        lambda index: (index, tf.shape(decode_file(tf.gather(path_tensor, index)))),
+        num_parallel_calls=tf.data.AUTOTUNE, deterministic=False).ignore_errors()
+    mask = np.zeros(len(paths), bool)
+    mask[[index for index, _ in dataset.as_numpy_iterator()]] = True
+    return mask
 
 
 def load_source(spec: str, image_size: int, tfds_data_dir: str = "", synthetic_size: int = 512,
@@ -98,6 +120,12 @@ def folder_source(path: str) -> ImageSource:
                    if name.lower().endswith(IMAGE_EXTENSIONS))
     if not files:
         raise ConfigError("data", f"no image files ({', '.join(IMAGE_EXTENSIONS)}) found below {path}")
+    mask = readable(np.array(files))
+    unreadable = tuple(name for name, ok in zip(files, mask) if not ok)
+    files = [name for name, ok in zip(files, mask) if ok]
+    if not files:
+        raise ConfigError("data", f"none of the {len(unreadable)} image files below {path} can be decoded "
+                          f"(first: {unreadable[0]})")
     top = [os.path.relpath(name, path).split(os.sep)[0] for name in files]
     has_classes = all(os.path.isdir(os.path.join(path, folder)) for folder in top)
     labels = class_names = None
@@ -105,7 +133,7 @@ def folder_source(path: str) -> ImageSource:
         class_names = tuple(sorted(set(top)))
         labels = np.array([class_names.index(folder) for folder in top], np.int32)
     return ImageSource(f"folder {path} ({len(files)} images)", len(files), paths=np.array(files),
-                       labels=labels, class_names=class_names)
+                       labels=labels, class_names=class_names, unreadable=unreadable)
 
 
 def tfds_source(spec: str, image_size: int, data_dir: str) -> ImageSource:

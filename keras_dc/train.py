@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import functools
 import glob
 import os
 from typing import Callable
@@ -12,11 +13,15 @@ import tensorflow as tf
 import keras_dc  # noqa: F401  (selects the TensorFlow backend)
 import keras
 
-from keras_dc import backbones, callbacks, checkpoints, clustering, config as config_lib, data, distribute
+from keras_dc import (backbones, callbacks, checkpoints, clustering, config as config_lib, data, distribute,
+                      feature_cache, preemption)
+from keras_dc.checkpoints import Position
 from keras_dc.config import Config, ConfigError
 from keras_dc.model import DeeperClusterModel
 from keras_dc.reclustering import Assignment
 from keras_dc.sources import ImageSource, load_source
+
+UNREADABLE_SHOWN = 5  # unreadable file paths named in the log and TensorBoard
 
 
 def configure_runtime(config: Config) -> None:
@@ -39,60 +44,137 @@ def build_model(config: Config, sync_batchnorm: bool = False) -> DeeperClusterMo
     return model
 
 
-def prepare_data(config: Config, log: Callable[[str], None] = print) -> ImageSource:
-    """Validates the settings, loads the source and checks the settings that depend on its size."""
+def check_settings(config: Config) -> tf.distribute.Strategy:
+    """Every check that needs no data (flags, the workdir's saved settings, replicas), before
+    anything expensive; returns the strategy to train with."""
     config_lib.validate(config)
+    config_lib.check_resumable(config, _config_path(config))
+    strategy = distribute.get_strategy(config.strategy)
+    replicas = strategy.num_replicas_in_sync
+    if config.batch_size % replicas:
+        raise ConfigError("batch_size", f"{config.batch_size} is not divisible by the {replicas} replicas")
+    return strategy
+
+
+def prepare_data(config: Config, log: Callable[[str], None] = print) -> ImageSource:
+    """Loads the source and checks the settings that depend on it (after check_settings)."""
     source = load_source(config.data, config.image_size, config.tfds_data_dir, config.synthetic_size, config.seed)
     config_lib.validate_for_data(config, source.num_images)
+    config_lib.check_resumable(config, _config_path(config), source.num_images)
     if config.batch_size > source.num_images:
         raise ConfigError("batch_size", f"{config.batch_size} is larger than the {source.num_images} images")
+    if source.unreadable:
+        log(f"data: skipped {len(source.unreadable)} unreadable files; first ones: "
+            f"{', '.join(source.unreadable[:UNREADABLE_SHOWN])}")
     for warning in clustering.warn_small_clusters(source.num_images, config.k, config.super_clusters):
         log(f"warning: {warning}")
     return source
 
 
-def train(config: Config, source: ImageSource | None = None, log: Callable[[str], None] = print) -> dict:
-    """Trains (or resumes) the run in config.workdir and exports the backbone; returns a summary."""
+def train(config: Config, source: ImageSource | None = None, log: Callable[[str], None] = print,
+          strategy: tf.distribute.Strategy | None = None) -> dict:
+    """Trains (or resumes) the run in config.workdir and exports the backbone; returns a summary.
+
+    Raises ConfigError for a bad setting, preemption.Preempted after SIGTERM (a checkpoint
+    was saved at the current batch) and callbacks.NonFiniteLoss if the loss diverges.
+    """
+    strategy = strategy or check_settings(config)
     source = source or prepare_data(config, log)
     configure_runtime(config)
-    strategy = distribute.get_strategy(config.strategy)
-    replicas = strategy.num_replicas_in_sync
-    if config.batch_size % replicas:
-        raise ConfigError("batch_size", f"{config.batch_size} is not divisible by the {replicas} replicas")
-    config_path = os.path.join(config.workdir, "config.json")
-    config_lib.check_resumable(config, config_path)
     chief = distribute.is_chief(strategy)
-    if chief:
-        checkpoints.write_json(config_path, {**dataclasses.asdict(config), "source": source.description})
     tables = data.LabelTables(source.num_images, source.num_images)
     with strategy.scope():
-        model = build_model(config, sync_batchnorm=replicas > 1)
-    training_checkpoints = checkpoints.TrainingCheckpoints(config.workdir, model)
-    initial_epoch = training_checkpoints.restore()
-    if initial_epoch:
-        log(f"resuming {config.workdir} after epoch {initial_epoch}")
-    dataset = data.training_dataset(source, tables, config.image_size, config.batch_size, config.rotation,
-                                    config.seed, config.min_crop_scale, config.flip)
-    if initial_epoch < config.epochs:
-        model.fit(dataset, epochs=config.epochs, initial_epoch=initial_epoch, verbose=config.verbose,
-                  callbacks=run_callbacks(config, source, tables, training_checkpoints, initial_epoch, log))
+        model = build_model(config, sync_batchnorm=strategy.num_replicas_in_sync > 1)
+    make_dataset = functools.partial(data.training_dataset, source, tables, config.image_size,
+                                     rotation=config.rotation, seed=config.seed,
+                                     min_crop_scale=config.min_crop_scale, flip=config.flip)
+    dataset = make_dataset(batch_size=config.batch_size)
+    training_checkpoints = checkpoints.TrainingCheckpoints(config.workdir, model, int(dataset.cardinality()))
+    start = training_checkpoints.restore()
+    if chief:
+        checkpoints.write_json(_config_path(config), {**dataclasses.asdict(config), "source": source.description,
+                                                      "num_images": source.num_images})
+        write_data_summary(source, os.path.join(config.workdir, "tensorboard", "data"))
+    if start != Position(0):
+        log(f"resuming {config.workdir} after epoch {start.epoch}" + (f", batch {start.step}" if start.step else ""))
+    if start.epoch < config.epochs:
+        single_process = not isinstance(strategy, tf.distribute.MultiWorkerMirroredStrategy)
+        with preemption.sigterm_requests(enabled=single_process) as stop_request, \
+                distribute.checkpoint_write_dir(config.workdir, chief) as write_dir:
+            saver = training_checkpoints if chief else checkpoints.TrainingCheckpoints(
+                write_dir, model, training_checkpoints.steps_per_epoch)
+            callback_list = run_callbacks(config, source, tables, saver, start, stop_request, log, strategy)
+            with distribute.keras_fit_context(model, strategy):
+                fit(model, worker_dataset(strategy, dataset, make_dataset, config.batch_size), config, start,
+                    callback_list)
     if chief:
         export_backbone(model.backbone, config, source)
     return summary(config)
 
 
+def fit(model: DeeperClusterModel, dataset: tf.data.Dataset, config: Config, start: Position,
+        callback_list: list[keras.callbacks.Callback]) -> None:
+    """Trains from `start` to config.epochs; an epoch stopped mid-way first finishes from its saved batch.
+
+    An epoch's plan and augmentations depend on (seed, epoch) only, so skipping the
+    batches already trained continues exactly as the uninterrupted run.
+    """
+    run = functools.partial(model.fit, callbacks=callback_list, verbose=config.verbose)
+    first = start.epoch
+    if start.step:
+        run(dataset.skip(start.step), epochs=start.epoch + 1, initial_epoch=start.epoch)
+        first += 1
+    if first < config.epochs:
+        run(dataset, epochs=config.epochs, initial_epoch=first)
+
+
+def worker_dataset(strategy: tf.distribute.Strategy, dataset: tf.data.Dataset,
+                   make_dataset: Callable[..., tf.data.Dataset], global_batch_size: int
+                   ) -> tf.data.Dataset | tf.distribute.DistributedDataset:
+    """`dataset`, whose batches Keras splits over the local replicas, or in multi-worker mode what
+    `make_dataset(batch_size=, shard=)` builds for each worker: its shard of the epoch plan."""
+    if not distribute.in_multi_worker_mode(strategy):
+        return dataset
+    return data.distributed_training_dataset(strategy, make_dataset, global_batch_size)
+
+
 def run_callbacks(config: Config, source: ImageSource, tables: data.LabelTables,
-                  training_checkpoints: checkpoints.TrainingCheckpoints, initial_epoch: int,
-                  log: Callable[[str], None]) -> list[keras.callbacks.Callback]:
-    """Re-clustering first (it must swap labels before the epoch), then checkpoint, metrics, TensorBoard."""
+                  training_checkpoints: checkpoints.TrainingCheckpoints, start: Position,
+                  stop_request: preemption.StopRequest | None, log: Callable[[str], None],
+                  strategy: tf.distribute.Strategy | None = None) -> list[keras.callbacks.Callback]:
+    """Loss guard first (no batch may be saved after a NaN), re-clustering (it must swap labels before
+    the epoch), metrics, TensorBoard, and the checkpoint last (an epoch is saved once fully logged).
+    Only the chief (worker 0) writes the metrics file and TensorBoard logs."""
+    collective = distribute.Collective(strategy)
+    chief = collective.worker == 0
     board = os.path.join(config.workdir, "tensorboard")
-    writer = tf.summary.create_file_writer(os.path.join(board, "clustering"))
+    writer = tf.summary.create_file_writer(os.path.join(board, "clustering")) if chief else None
+    cache = feature_cache.CacheSettings(os.path.join(config.workdir, "feature_cache"))
+    logs = [callbacks.MetricsFile(os.path.join(config.workdir, "metrics.jsonl"), start.epoch),
+            keras.callbacks.TensorBoard(board, write_graph=False, profile_batch=0)] if chief else []
     return [
-        callbacks.ReclusterCallback(config, source, tables, config.workdir, log, writer),
-        callbacks.CheckpointCallback(training_checkpoints),
-        callbacks.MetricsFile(os.path.join(config.workdir, "metrics.jsonl"), initial_epoch),
-        keras.callbacks.TensorBoard(board, write_graph=False, profile_batch=0),
+        callbacks.StopOnNonFiniteLoss(),
+        callbacks.ReclusterCallback(config, source, tables, config.workdir, log, writer,
+                                    resumed_mid_epoch=start.epoch if start.step else None,
+                                    collective=collective, cache=cache),
+        *logs,
+        callbacks.CheckpointCallback(training_checkpoints, start, stop_request),
     ]
+
+
+def write_data_summary(source: ImageSource, folder: str) -> None:
+    """Image count, unreadable-file count and the first unreadable paths, for TensorBoard."""
+    writer = tf.summary.create_file_writer(folder)
+    with writer.as_default(step=0):
+        tf.summary.scalar("data/images", source.num_images)
+        tf.summary.scalar("data/unreadable_files", len(source.unreadable))
+        if source.unreadable:
+            tf.summary.text("data/unreadable_examples", "\n\n".join(source.unreadable[:UNREADABLE_SHOWN]))
+    writer.close()
+
+
+def _config_path(config: Config) -> str:
+    return os.path.join(config.workdir, "config.json")
 
 
 def export_backbone(backbone: keras.Model, config: Config, source: ImageSource) -> str:

@@ -2,7 +2,10 @@
 
     python tools/train.py --flagfile=flags/demo.flags --workdir=/tmp/kdc_demo
 
-Rerunning the same command resumes from the workdir's last checkpoint.
+Rerunning the same command resumes from the workdir's last checkpoint: after a
+kill, from the last completed epoch; after SIGTERM (pre-emption), from the batch
+where it stopped. Exit status: 0 done, 1 bad flag syntax or diverged loss,
+2 bad setting, 143 pre-empted (checkpoint saved).
 """
 
 from __future__ import annotations
@@ -18,6 +21,7 @@ from absl import app, flags, logging
 from keras_dc.config import Config, ConfigError
 
 FLAGS = flags.FLAGS
+EXIT_PREEMPTED = 128 + 15  # as if killed by SIGTERM, so schedulers see a pre-empted job
 
 HELP = {
     "workdir": "Folder of the run: config, checkpoints, assignments, TensorBoard logs, exported backbone.",
@@ -72,14 +76,27 @@ def main(argv: list[str]) -> None:
     logging.set_verbosity(logging.WARNING)
     from keras_dc import train
 
+    from keras_dc.callbacks import NonFiniteLoss
+    from keras_dc.preemption import Preempted
+
     config = config_from_flags()
     try:
+        strategy = train.check_settings(config)
         source = train.prepare_data(config)
-        result = train.train(config, source)
+        result = train.train(config, source, strategy=strategy)
     except ConfigError as error:
-        print(f"error: {error}", file=sys.stderr)
-        sys.exit(2)
+        stop(f"error: {error}", 2)
+    except NonFiniteLoss as error:
+        stop(f"error: {error} in {config.workdir}", 1)
+    except Preempted as error:
+        stop(str(error), EXIT_PREEMPTED)
     print_summary(result)
+
+
+def stop(message: str, status: int) -> None:
+    """Ends the process with one line on stderr, no traceback."""
+    print(message, file=sys.stderr)
+    sys.exit(status)
 
 
 def print_summary(result: dict) -> None:

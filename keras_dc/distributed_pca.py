@@ -1,0 +1,69 @@
+"""PCA with whitening fitted on feature shards (METHOD.md, cycle steps 2-3, over several workers).
+
+The mean and the covariance are sums over rows, so each worker sums its own
+rows and the sums are all-reduced; worker 0's eigen-decomposition is then
+broadcast so that every worker projects with the very same PCA.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from keras_dc.feature_cache import FeatureCache, ShardedFeatures
+from keras_dc.pca import PCA, l2_normalize, pca_from_moments
+
+
+def _local_sample(data: ShardedFeatures, sample_size: int | None, seed: int) -> np.ndarray | None:
+    """This worker's positions among the rows of the seeded sample (the same draw as pca.fit_pca);
+    None means all rows."""
+    if sample_size is None or sample_size >= data.total:
+        return None
+    rows = np.sort(np.random.default_rng(seed).choice(data.total, size=sample_size, replace=False))
+    return rows[(rows >= data.start) & (rows < data.stop)] - data.start
+
+
+def _sampled_chunks(data: ShardedFeatures, positions: np.ndarray | None):
+    """float64 copies of this worker's chunks, restricted to the sampled positions."""
+    for first, chunk in data.chunks():
+        if positions is not None:
+            wanted = positions[(positions >= first) & (positions < first + len(chunk))]
+            chunk = chunk[wanted - first]
+        yield chunk.astype(np.float64)
+
+
+def _moments(data: ShardedFeatures, positions: np.ndarray | None) -> tuple[np.ndarray, np.ndarray]:
+    """Mean and unbiased covariance of the sampled rows of all workers, from all-reduced sums."""
+    dim = data.shape[1]
+    sums = np.zeros(dim + 1)
+    for chunk in _sampled_chunks(data, positions):
+        sums[:dim] += chunk.sum(axis=0)
+        sums[dim] += len(chunk)
+    sums = data.collective.all_reduce_sum(sums)
+    count, mean = sums[dim], sums[:dim] / sums[dim]
+    scatter = np.zeros((dim, dim))
+    for chunk in _sampled_chunks(data, positions):
+        chunk -= mean
+        scatter += chunk.T @ chunk
+    return mean, data.collective.all_reduce_sum(scatter) / max(count - 1, 1)
+
+
+def fit_pca(data: ShardedFeatures, dim: int, whitening_power: float = 0.5, sample_size: int | None = None,
+            seed: int = 0) -> PCA:
+    """The PCA that pca.fit_pca would fit on all workers' rows together (or on the same seeded
+    sample of sample_size rows), identical on every worker."""
+    if dim < 1:
+        raise ValueError(f"PCA dimension must be >= 1, got {dim}")
+    mean, cov = _moments(data, _local_sample(data, sample_size, seed))
+    fitted = pca_from_moments(mean, cov, dim, whitening_power)
+    broadcast = data.collective.broadcast
+    return PCA(broadcast(fitted.mean), broadcast(fitted.components), broadcast(fitted.eigenvalues),
+               fitted.whitening_power)
+
+
+def project_to_cache(data: ShardedFeatures, pca: PCA, path: str, dtype: str = "float32") -> ShardedFeatures:
+    """Reduces, whitens and L2-normalises this worker's rows chunk by chunk into a new cache file."""
+    cache = FeatureCache.create(path, data.rows.shape[0], pca.components.shape[0], dtype)
+    for first, chunk in data.chunks():
+        cache.array[first:first + len(chunk)] = l2_normalize(pca.apply(chunk))
+    cache.array.flush()
+    return ShardedFeatures(cache.array, data.start, data.total, data.collective, data.chunk_rows)

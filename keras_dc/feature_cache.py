@@ -1,0 +1,167 @@
+"""Features on disk, sharded over workers: each worker's rows of an N x d matrix in a .npy file
+opened as a numpy memmap.
+
+Clustering reads a shard chunk by chunk, so its RAM is bounded by one chunk and
+the centroids, not by N x d. Rows may be stored as float16 to halve the disk and
+page-cache footprint; reads always return float32.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import os
+import shutil
+import tempfile
+from collections.abc import Iterator, Sequence
+
+import numpy as np
+import tensorflow as tf
+
+from keras_dc.config import ConfigError
+from keras_dc.distribute import Collective
+
+CACHE_DTYPES = ("float32", "float16")
+CHUNK_ELEMENTS = 2**24  # 64 MB of float32 per chunk read from a cache
+
+
+@dataclasses.dataclass
+class CacheSettings:
+    """Where the caches of one worker go, how rows are stored, and the size limit (0: none) in GB."""
+
+    directory: str
+    dtype: str = "float32"
+    max_gb: float = 0.0
+
+
+class FeatureCache:
+    """A (rows, dim) feature matrix in a .npy file, memory-mapped; `create` makes a writable one."""
+
+    def __init__(self, path: str, array: np.ndarray):
+        self.path = path
+        self.array = array
+
+    @classmethod
+    def create(cls, path: str, rows: int, dim: int, dtype: str = "float32") -> FeatureCache:
+        """A new zero-filled cache file of the given shape (an existing file is replaced)."""
+        if dtype not in CACHE_DTYPES:
+            raise ValueError(f"cache dtype must be one of {CACHE_DTYPES}, got {dtype!r}")
+        os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+        array = np.lib.format.open_memmap(path, mode="w+", dtype=np.dtype(dtype), shape=(rows, dim))
+        return cls(path, array)
+
+    @classmethod
+    def open(cls, path: str) -> FeatureCache:
+        """An existing cache file, read-only."""
+        return cls(path, np.load(path, mmap_mode="r"))
+
+    @property
+    def shape(self) -> tuple[int, int]:
+        return self.array.shape
+
+    def remove(self) -> None:
+        """Deletes the file (the mapping stays readable until this object is dropped)."""
+        if os.path.exists(self.path):
+            os.remove(self.path)
+
+
+@dataclasses.dataclass
+class ShardedFeatures:
+    """The rows [start, start + len(rows)) of an N x d matrix that this worker holds, and the
+    collective that joins the workers.
+
+    Indexing with global row numbers, `features[rows]`, gathers those rows from
+    whichever worker holds them (a collective call: every worker must make it), so
+    array code such as clustering.split_empty_clusters runs unchanged on shards.
+    """
+
+    rows: np.ndarray
+    start: int
+    total: int
+    collective: Collective
+    chunk_rows: int = 0  # 0: chunks of about `elements` values, see chunks()
+
+    @property
+    def shape(self) -> tuple[int, int]:
+        return self.total, self.rows.shape[1]
+
+    @property
+    def stop(self) -> int:
+        return self.start + self.rows.shape[0]
+
+    def chunks(self, elements: int = CHUNK_ELEMENTS) -> Iterator[tuple[int, np.ndarray]]:
+        """(local first row, float32 rows) of consecutive blocks of this worker's rows, each of
+        chunk_rows rows, or of about `elements` values when chunk_rows is 0."""
+        size = self.chunk_rows or max(1, elements // self.rows.shape[1])
+        for first in range(0, self.rows.shape[0], size):
+            yield first, np.asarray(self.rows[first:first + size], dtype=np.float32)
+
+    def __getitem__(self, rows: np.ndarray) -> np.ndarray:
+        rows = np.asarray(rows, dtype=np.int64)
+        local = rows - self.start
+        mine = (local >= 0) & (local < self.rows.shape[0])
+        gathered = np.zeros((len(rows), self.rows.shape[1]), dtype=np.float32)
+        gathered[mine] = self.rows[local[mine]]
+        return self.collective.all_reduce_sum(gathered).astype(np.float32)
+
+    def gather(self, local_values: np.ndarray) -> np.ndarray:
+        """The per-row integers of all workers as one (N,) int64 array, from each worker's own rows."""
+        full = np.zeros(self.total, dtype=np.int64)
+        full[self.start:self.stop] = local_values
+        return self.collective.all_reduce_sum(full)
+
+
+@contextlib.contextmanager
+def cache_directory(settings: CacheSettings | None) -> Iterator[CacheSettings]:
+    """The given settings (folder created), or float32 caches in a temporary folder removed afterwards."""
+    if settings is not None:
+        os.makedirs(settings.directory, exist_ok=True)
+        yield settings
+        return
+    folder = tempfile.mkdtemp(prefix="kdc_features_")
+    try:
+        yield CacheSettings(folder)
+    finally:
+        shutil.rmtree(folder, ignore_errors=True)
+
+
+def shard_bounds(num_rows: int, worker: int, workers: int) -> tuple[int, int]:
+    """The contiguous rows [start, stop) that worker `worker` of `workers` owns (sizes differ by <= 1)."""
+    return num_rows * worker // workers, num_rows * (worker + 1) // workers
+
+
+def cache_gb(rows: int, dims: Sequence[int], dtype: str) -> float:
+    """Disk size in GB (10^9 bytes) of caches of `rows` rows for each width in `dims`."""
+    return rows * sum(dims) * np.dtype(dtype).itemsize / 1e9
+
+
+def check_cache_budget(rows: int, dims: Sequence[int], settings: CacheSettings) -> None:
+    """Raises a ConfigError naming --max_cache_gb when this worker's caches would exceed the limit."""
+    needed = cache_gb(rows, dims, settings.dtype)
+    if settings.max_gb and needed > settings.max_gb:
+        widths = " + ".join(str(dim) for dim in dims)
+        raise ConfigError("max_cache_gb", f"the feature caches of this worker need {needed:.2f} GB ({rows} rows x "
+                          f"({widths}) dims x {settings.dtype}), more than the limit of {settings.max_gb:g} GB; "
+                          f"raise the limit, store float16, use more workers or a smaller --pca_dim")
+
+
+def extract_to_cache(model, images: tf.data.Dataset, path: str, rows: int, dtype: str = "float32"
+                     ) -> FeatureCache:
+    """Runs `model` in inference mode on each batch of `images` and writes its outputs row by row.
+
+    The model is called directly, not through predict, so no replica or worker
+    takes part: each worker extracts its own shard, and nothing else is kept in RAM.
+    """
+    forward = tf.function(lambda batch: tf.cast(model(batch, training=False), tf.float32), reduce_retracing=True)
+    cache = None
+    start = 0
+    for batch in images:
+        features = forward(batch).numpy()
+        if cache is None:
+            cache = FeatureCache.create(path, rows, features.shape[1], dtype)
+        cache.array[start:start + len(features)] = features
+        start += len(features)
+    if cache is None or start != rows:
+        raise ValueError(f"expected {rows} feature rows from the dataset, got {start}")
+    cache.array.flush()
+    return cache

@@ -1,0 +1,103 @@
+"""Several workers of a multi-worker run as local processes on loopback (tests, benchmarks, demos).
+
+Each process gets the standard TF_CONFIG (cluster of 127.0.0.1 ports picked by
+binding to port 0, and its own task index), its share of the CPU threads, and
+its output lines prefixed with its worker id. TensorFlow does the rest: the
+processes find each other through TF_CONFIG, as they would on real nodes.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import socket
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Callable, Sequence
+
+STOP_GRACE_S = 10.0
+
+
+def free_ports(count: int) -> list[int]:
+    """`count` distinct loopback ports that were free a moment ago (all bound at once, then released)."""
+    sockets = [socket.socket(socket.AF_INET, socket.SOCK_STREAM) for _ in range(count)]
+    try:
+        for sock in sockets:
+            sock.bind(("127.0.0.1", 0))
+        return [sock.getsockname()[1] for sock in sockets]
+    finally:
+        for sock in sockets:
+            sock.close()
+
+
+def tf_config(ports: Sequence[int], index: int) -> str:
+    """The TF_CONFIG of worker `index` in a cluster of loopback workers listening on `ports`."""
+    workers = [f"127.0.0.1:{port}" for port in ports]
+    return json.dumps({"cluster": {"worker": workers}, "task": {"type": "worker", "index": index}})
+
+
+def worker_environment(ports: Sequence[int], index: int, threads: int) -> dict[str, str]:
+    """The parent's environment plus TF_CONFIG, unbuffered output and OMP threads (faiss) per worker."""
+    environment = dict(os.environ, TF_CONFIG=tf_config(ports, index), PYTHONUNBUFFERED="1")
+    environment.setdefault("OMP_NUM_THREADS", str(threads))
+    return environment
+
+
+def _relay(stream, prefix: str, write: Callable[[str], None]) -> None:
+    for line in stream:
+        write(f"{prefix}{line.rstrip()}")
+
+
+def run_local_cluster(command: Sequence[str], workers: int, threads: int = 0,
+                      write: Callable[[str], None] = print) -> int:
+    """Runs `command` as `workers` local workers and waits; when one fails the others are stopped
+    (they would wait forever in a collective). Returns 0, or the first failing exit status."""
+    if workers < 1:
+        raise ValueError(f"workers must be >= 1, got {workers}")
+    threads = threads or max(1, (os.cpu_count() or 1) // workers)
+    ports = free_ports(workers)
+    processes, relays = [], []
+    for index in range(workers):
+        process = subprocess.Popen(list(command), env=worker_environment(ports, index, threads), text=True,
+                                   stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+        relay = threading.Thread(target=_relay, args=(process.stdout, f"[worker {index}] ", write), daemon=True)
+        relay.start()
+        processes.append(process)
+        relays.append(relay)
+    status = _wait_all(processes)
+    for relay in relays:
+        relay.join()
+    return status
+
+
+def _wait_all(processes: list[subprocess.Popen]) -> int:
+    """Waits for every process; on the first non-zero exit, stops the ones still running."""
+    while True:
+        codes = [process.poll() for process in processes]
+        failed = [code for code in codes if code not in (None, 0)]
+        if failed:
+            _stop(processes)
+            return failed[0]
+        if all(code == 0 for code in codes):
+            return 0
+        time.sleep(0.2)
+
+
+def _stop(processes: list[subprocess.Popen]) -> None:
+    for process in processes:
+        if process.poll() is None:
+            process.terminate()
+    deadline = time.monotonic() + STOP_GRACE_S
+    for process in processes:
+        try:
+            process.wait(timeout=max(0.0, deadline - time.monotonic()))
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait()
+
+
+def python_command(script: str, arguments: Sequence[str]) -> list[str]:
+    """This interpreter running `script` with `arguments`."""
+    return [sys.executable, script, *arguments]

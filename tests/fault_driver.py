@@ -1,0 +1,100 @@
+"""Runs tools/train.py and sends this process a signal at an exact point, for the kill-and-resume tests.
+
+    python tests/fault_driver.py POINT COUNT SIGNAL [train.py flags...]
+
+SIGNAL (KILL or TERM) is sent the COUNT-th time the run reaches POINT:
+    batch       the end of a training batch
+    extract     a batch of feature extraction leaving the input pipeline
+    kmeans      the start of a flat k-means (distributed_kmeans.kmeans), after the PCA; the
+                hierarchical k-means runs one for the super-clusters, then all sub-clusters at once
+    checkpoint  a checkpoint's files written, not yet recorded; they are first cut to half
+                their size, as a kill in the middle of writing them would leave them
+    none        never
+The library is patched from here, so that it carries no test hooks.
+"""
+
+import glob
+import os
+import runpy
+import signal
+import sys
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+sys.path.insert(0, ROOT)
+
+import tensorflow as tf  # noqa: E402
+
+import keras  # noqa: E402
+from keras_dc import checkpoints, data, distributed_kmeans, train  # noqa: E402
+
+
+class Trigger:
+    """Counts arrivals at the point and signals this process at the chosen one."""
+
+    def __init__(self, count: int, signal_name: str):
+        self.count = count
+        self.signum = getattr(signal, f"SIG{signal_name}")
+        self.seen = 0
+
+    def arrive(self) -> None:
+        self.seen += 1
+        if self.seen == self.count:
+            os.kill(os.getpid(), self.signum)
+
+
+class BatchTrigger(keras.callbacks.Callback):
+    def __init__(self, trigger: Trigger):
+        super().__init__()
+        self.trigger = trigger
+
+    def on_train_batch_end(self, batch, logs=None):
+        self.trigger.arrive()
+
+
+def patch(point: str, trigger: Trigger) -> None:
+    if point == "batch":
+        run_callbacks = train.run_callbacks
+        train.run_callbacks = lambda *args: run_callbacks(*args) + [BatchTrigger(trigger)]
+    elif point == "extract":
+        clustering_dataset = data.clustering_dataset
+
+        def counted(*args, **kwargs):
+            def arrive(batch):
+                trigger.arrive()
+                return batch
+
+            return clustering_dataset(*args, **kwargs).map(
+                lambda batch: tf.ensure_shape(tf.numpy_function(arrive, [batch], tf.float32), batch.shape))
+
+        data.clustering_dataset = counted
+    elif point == "kmeans":
+        kmeans = distributed_kmeans.kmeans
+
+        def counted(*args, **kwargs):
+            trigger.arrive()
+            return kmeans(*args, **kwargs)
+
+        distributed_kmeans.kmeans = counted
+    elif point == "checkpoint":
+        sync = checkpoints.sync_checkpoint
+
+        def damaged(prefix):
+            if trigger.seen + 1 == trigger.count:
+                for path in glob.glob(prefix + ".*"):
+                    os.truncate(path, os.path.getsize(path) // 2)
+            trigger.arrive()
+            sync(prefix)
+
+        checkpoints.sync_checkpoint = damaged
+
+
+def main() -> None:
+    point, count, signal_name, *flags = sys.argv[1:]
+    if point != "none":
+        patch(point, Trigger(int(count), signal_name))
+    sys.argv = [os.path.join(ROOT, "tools", "train.py"), *flags]
+    runpy.run_path(sys.argv[0], run_name="__main__")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,52 @@
+"""Starts N workers of a multi-worker run as local processes on loopback (MultiWorkerMirroredStrategy).
+
+    python tools/launch_local.py --workers=2 -- --flagfile=flags/demo.flags --workdir=/tmp/kdc_mw
+
+Arguments after `--` go to the program (tools/train.py unless --program). Each
+worker gets its TF_CONFIG and a share of the CPU threads; its output lines are
+prefixed with [worker i]. The exit status is 0 when every worker succeeds, else
+the first failure's (the other workers are then stopped). For real nodes, see
+docs/scaling.md.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+sys.path.insert(0, ROOT)
+
+from absl import app, flags
+
+FLAGS = flags.FLAGS
+
+
+def define_flags() -> None:
+    """The launcher's flags; only __main__ calls this."""
+    flags.DEFINE_integer("workers", 2, "Number of local worker processes.")
+    flags.DEFINE_string("program", os.path.join(ROOT, "tools", "train.py"), "Python script each worker runs.")
+    flags.DEFINE_integer("threads_per_worker", 0, "OpenMP (faiss) threads per worker; 0: CPU cores / workers.")
+
+
+def main(argv: list[str]) -> None:
+    from keras_dc import local_cluster
+
+    if FLAGS.workers < 1:
+        _usage(f"--workers: must be at least 1, got {FLAGS.workers}")
+    if not os.path.isfile(FLAGS.program):
+        _usage(f"--program: no such file {FLAGS.program!r}")
+    if FLAGS.threads_per_worker < 0:
+        _usage(f"--threads_per_worker: must be >= 0, got {FLAGS.threads_per_worker}")
+    command = local_cluster.python_command(FLAGS.program, argv[1:])
+    sys.exit(local_cluster.run_local_cluster(command, FLAGS.workers, FLAGS.threads_per_worker))
+
+
+def _usage(message: str) -> None:
+    print(f"error: {message}", file=sys.stderr)
+    sys.exit(2)
+
+
+if __name__ == "__main__":
+    define_flags()
+    app.run(main)

@@ -37,6 +37,7 @@ def atomic_write_bytes(path: str, payload: bytes) -> None:
     handle, temporary = tempfile.mkstemp(dir=folder, prefix=".tmp-" + os.path.basename(path))
     try:
         with os.fdopen(handle, "wb") as stream:
+            os.fchmod(stream.fileno(), 0o666 & ~_umask())  # mkstemp makes 0600; users expect 0644
             stream.write(payload)
             stream.flush()
             os.fsync(stream.fileno())
@@ -46,6 +47,12 @@ def atomic_write_bytes(path: str, payload: bytes) -> None:
         if os.path.exists(temporary):
             os.remove(temporary)
         raise
+
+
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
 
 
 def fsync_path(path: str) -> None:

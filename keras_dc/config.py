@@ -14,6 +14,7 @@ import os
 SAMPLING_MODES = ("uniform", "weighted", "none")
 PRECISIONS = ("float32", "mixed_bfloat16", "mixed_float16")
 STRATEGIES = ("auto", "default", "one_device", "mirrored", "multi_worker")
+CACHE_DTYPES = ("float32", "float16")
 
 VERBOSITIES = (0, 1, 2)
 
@@ -63,6 +64,11 @@ class Config:
     jit_compile: bool = False
     deterministic: bool = True
     synthetic_size: int = 512
+    feature_cache_dir: str = ""
+    feature_cache_dtype: str = "float32"
+    max_cache_gb: float = 0.0
+    eval_every: int = 0
+    eval_data: str = ""
     verbose: int = 1
 
     @property
@@ -107,12 +113,13 @@ def validate(config: Config) -> None:
     _check_choice("precision", config.precision, PRECISIONS)
     _check_choice("strategy", config.strategy, STRATEGIES)
     _check_choice("verbose", config.verbose, VERBOSITIES)
+    _check_choice("feature_cache_dtype", config.feature_cache_dtype, CACHE_DTYPES)
 
 
 def _check_numbers(config: Config) -> None:
     for flag in ("batch_size", "epochs", "reassign_every", "pca_dim", "kmeans_iters", "lr"):
         _positive(flag, getattr(config, flag))
-    for flag in ("seed", "pca_sample"):
+    for flag in ("seed", "pca_sample", "max_cache_gb", "eval_every"):
         if getattr(config, flag) < 0:
             raise ConfigError(flag, f"must be 0 or more, got {getattr(config, flag)}")
     if config.data == "synthetic":

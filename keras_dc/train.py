@@ -17,6 +17,7 @@ from keras_dc import (backbones, callbacks, checkpoints, clustering, config as c
                       feature_cache, preemption)
 from keras_dc.checkpoints import Position
 from keras_dc.config import Config, ConfigError
+from keras_dc.eval_callback import EvaluationCallback
 from keras_dc.model import DeeperClusterModel
 from keras_dc.reclustering import Assignment
 from keras_dc.sources import ImageSource, load_source
@@ -53,6 +54,9 @@ def check_settings(config: Config) -> tf.distribute.Strategy:
     replicas = strategy.num_replicas_in_sync
     if config.batch_size % replicas:
         raise ConfigError("batch_size", f"{config.batch_size} is not divisible by the {replicas} replicas")
+    if config.eval_every and distribute.in_multi_worker_mode(strategy):
+        raise ConfigError("eval_every", "works in single-process training only; on several workers, evaluate "
+                          "the exported backbone with tools/linear_probe.py")
     return strategy
 
 
@@ -80,6 +84,8 @@ def train(config: Config, source: ImageSource | None = None, log: Callable[[str]
     """
     strategy = strategy or check_settings(config)
     source = source or prepare_data(config, log)
+    cache = cache_settings(config, strategy, source.num_images)
+    evaluation = evaluation_callback(config, source)
     configure_runtime(config)
     chief = distribute.is_chief(strategy)
     tables = data.LabelTables(source.num_images, source.num_images)
@@ -103,7 +109,8 @@ def train(config: Config, source: ImageSource | None = None, log: Callable[[str]
                 distribute.checkpoint_write_dir(config.workdir, chief) as write_dir:
             saver = training_checkpoints if chief else checkpoints.TrainingCheckpoints(
                 write_dir, model, training_checkpoints.steps_per_epoch)
-            callback_list = run_callbacks(config, source, tables, saver, start, stop_request, log, strategy)
+            callback_list = run_callbacks(config, source, tables, saver, start, stop_request, log, strategy,
+                                          cache, evaluation)
             with distribute.keras_fit_context(model, strategy):
                 fit(model, worker_dataset(strategy, dataset, make_dataset, config.batch_size), config, start,
                     callback_list)
@@ -141,15 +148,15 @@ def worker_dataset(strategy: tf.distribute.Strategy, dataset: tf.data.Dataset,
 def run_callbacks(config: Config, source: ImageSource, tables: data.LabelTables,
                   training_checkpoints: checkpoints.TrainingCheckpoints, start: Position,
                   stop_request: preemption.StopRequest | None, log: Callable[[str], None],
-                  strategy: tf.distribute.Strategy | None = None) -> list[keras.callbacks.Callback]:
+                  strategy: tf.distribute.Strategy | None = None, cache: feature_cache.CacheSettings | None = None,
+                  evaluation: EvaluationCallback | None = None) -> list[keras.callbacks.Callback]:
     """Loss guard first (no batch may be saved after a NaN), re-clustering (it must swap labels before
-    the epoch), metrics, TensorBoard, and the checkpoint last (an epoch is saved once fully logged).
-    Only the chief (worker 0) writes the metrics file and TensorBoard logs."""
+    the epoch), evaluation, metrics, TensorBoard, and the checkpoint last (an epoch is saved once fully
+    logged). Only the chief (worker 0) writes the metrics file and TensorBoard logs."""
     collective = distribute.Collective(strategy)
     chief = collective.worker == 0
     board = os.path.join(config.workdir, "tensorboard")
     writer = tf.summary.create_file_writer(os.path.join(board, "clustering")) if chief else None
-    cache = feature_cache.CacheSettings(os.path.join(config.workdir, "feature_cache"))
     logs = [callbacks.MetricsFile(os.path.join(config.workdir, "metrics.jsonl"), start.epoch),
             keras.callbacks.TensorBoard(board, write_graph=False, profile_batch=0)] if chief else []
     return [
@@ -157,9 +164,38 @@ def run_callbacks(config: Config, source: ImageSource, tables: data.LabelTables,
         callbacks.ReclusterCallback(config, source, tables, config.workdir, log, writer,
                                     resumed_mid_epoch=start.epoch if start.step else None,
                                     collective=collective, cache=cache),
+        *([evaluation] if evaluation else []),
         *logs,
         callbacks.CheckpointCallback(training_checkpoints, start, stop_request),
     ]
+
+
+def cache_settings(config: Config, strategy: tf.distribute.Strategy, num_images: int) -> feature_cache.CacheSettings:
+    """Where and how this worker caches features while clustering; refuses, before training, a run
+    whose caches would exceed --max_cache_gb."""
+    folder = config.feature_cache_dir or os.path.join(config.workdir, "feature_cache")
+    settings = feature_cache.CacheSettings(folder, config.feature_cache_dtype, config.max_cache_gb)
+    start, stop = feature_cache.shard_bounds(num_images, *distribute.worker_position(strategy))
+    feature_cache.check_cache_budget(stop - start, (backbones.FEATURE_DIM[config.arch], config.pca_dim), settings)
+    return settings
+
+
+def evaluation_callback(config: Config, source: ImageSource) -> EvaluationCallback | None:
+    """The k-NN / linear-probe callback of --eval_every, on --eval_data or a held-out part of --data."""
+    if not config.eval_every:
+        return None
+    if source.labels is None:
+        raise ConfigError("eval_every", f"needs labelled images, and {source.description} has no labels")
+    val_source = None
+    if config.eval_data:
+        try:
+            val_source = load_source(config.eval_data, config.image_size, config.tfds_data_dir,
+                                     config.synthetic_size, config.seed + 1)
+        except ConfigError as error:
+            raise ConfigError("eval_data", str(error).removeprefix("--data: ")) from None
+        if val_source.labels is None:
+            raise ConfigError("eval_data", f"{val_source.description} has no labels")
+    return EvaluationCallback(source, val_source, config.eval_every)
 
 
 def write_data_summary(source: ImageSource, folder: str) -> None:

@@ -36,6 +36,8 @@ CASES = {
     "missing_data_path": (["--data={tmp}/nowhere"], "--data"),
     "empty_data_folder": (["--data={tmp}/empty"], "--data"),
     "workdir_of_other_k": (["--workdir={tmp}/other_k"], "--k"),
+    "cache_over_limit": (["--max_cache_gb=0.00001"], "--max_cache_gb"),
+    "eval_data_missing": (["--eval_every=1", "--eval_data={tmp}/nowhere"], "--eval_data"),
     "missing_flagfile": (["--flagfile={tmp}/missing.flags"], "flagfile"),
     "unreadable_flagfile": (["--flagfile={tmp}/empty"], "flagfile"),
     "not_a_number": (["--k=many"], "--k"),
@@ -82,6 +84,9 @@ def test_bad_setting_is_one_clear_line(outcomes, name):
     ({"batch_size": 0}, "batch_size"),
     ({"momentum": 1.0}, "momentum"),
     ({"data": ""}, "data"),
+    ({"feature_cache_dtype": "int8"}, "feature_cache_dtype"),
+    ({"max_cache_gb": -1.0}, "max_cache_gb"),
+    ({"eval_every": -1}, "eval_every"),
     ({"workdir": ""}, "workdir"),
 ])
 def test_validate_names_the_flag(tiny_config, changes, flag):

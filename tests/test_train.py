@@ -61,6 +61,10 @@ def test_same_seed_same_assignments_other_seed_differs(uninterrupted, tmp_path):
 def test_workdir_holds_config_metrics_tensorboard_and_a_self_contained_backbone(uninterrupted):
     config, result = uninterrupted
     saved = checkpoints.read_json(os.path.join(config.workdir, "config.json"))
+    umask = os.umask(0)
+    os.umask(umask)
+    for name in ("config.json", "metrics.jsonl", "backbone.json"):
+        assert os.stat(os.path.join(config.workdir, name)).st_mode & 0o777 == 0o666 & ~umask
     assert saved["k"] == 8 and saved["super_clusters"] == 2 and saved["sobel"] is False
     rows = [json.loads(line) for line in open(result["metrics"])]
     assert [row["epoch"] for row in rows] == [1, 2, 3]
@@ -100,3 +104,13 @@ def test_special_cases_train(tiny_config, name, changes):
     result = train.train(config)
     rows = [json.loads(line) for line in open(result["metrics"])]
     assert len(rows) == 1 and np.isfinite(rows[0]["loss"])
+
+
+def test_eval_every_logs_knn_and_probe_accuracy_on_its_epochs(tiny_config):
+    config = dataclasses.replace(tiny_config, eval_every=2, eval_data="synthetic")
+    result = train.train(config)
+    rows = [json.loads(line) for line in open(result["metrics"])]
+    assert "eval_knn_top1" not in rows[0]
+    for key in ("eval_knn_top1", "eval_probe_top1"):
+        assert 0.0 <= rows[1][key] <= 1.0
+    assert {"epoch_eval_knn_top1", "epoch_eval_probe_top1"} <= _tensorboard_tags(result["tensorboard"])

@@ -52,6 +52,12 @@ HELP = {
     "jit_compile": "Compile the train step with XLA.",
     "deterministic": "Deterministic TensorFlow ops (reproducible, a little slower).",
     "synthetic_size": "Number of images of --data=synthetic.",
+    "feature_cache_dir": "Folder of the disk caches of features during clustering (default: WORKDIR/feature_cache; "
+                         "a node-local disk is best).",
+    "feature_cache_dtype": "float32, or float16 to halve the feature caches on disk.",
+    "max_cache_gb": "Refuse to start when one worker's feature caches would exceed this many GB (0: no limit).",
+    "eval_every": "Every this many epochs, log k-NN and linear-probe top-1 on labelled data (0: never).",
+    "eval_data": "Labelled validation set of --eval_every (syntax of --data; default: hold out 20% of --data).",
     "verbose": "Keras progress output: 0 silent, 1 progress bar, 2 one line per epoch.",
 }
 

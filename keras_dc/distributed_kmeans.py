@@ -79,16 +79,16 @@ class _Workspace:
         return np.take(x, rows, axis=0, out=self._rows[:len(rows)], mode="clip")
 
     def add(self, ids: np.ndarray, x: np.ndarray) -> None:
-        """Adds each row of x to the sum of its cluster, in float64."""
-        clusters = len(self.counts)
+        """Adds each row of x to the sum of its cluster, in float64: a (clusters x rows) one-hot
+        matrix, built directly in CSC form (one entry per column), times the widened rows."""
         for first in range(0, len(x), len(self._wide)):
             part, part_ids = x[first:first + len(self._wide)], ids[first:first + len(self._wide)]
             wide = self._wide[:len(part)]
             np.copyto(wide, part)
-            one_hot = sparse.csr_matrix((np.ones(len(part)), (part_ids, np.arange(len(part)))),
-                                        shape=(clusters, len(part)))
+            one_hot = sparse.csc_matrix((np.ones(len(part)), part_ids, np.arange(len(part) + 1)),
+                                        shape=(len(self.counts), len(part)))
             self.sums += one_hot @ wide
-        self.counts += np.bincount(ids, minlength=clusters)
+        self.counts += np.bincount(ids, minlength=len(self.counts))
 
 
 def _search_blocks(data: ShardedFeatures, centroids: np.ndarray, groups: np.ndarray | None, work: _Workspace

@@ -23,27 +23,31 @@ def _local_sample(data: ShardedFeatures, sample_size: int | None, seed: int) -> 
 
 
 def _sampled_chunks(data: ShardedFeatures, positions: np.ndarray | None):
-    """float64 copies of this worker's chunks, restricted to the sampled positions."""
+    """This worker's float32 chunks, restricted to the sampled positions."""
     for first, chunk in data.chunks():
         if positions is not None:
             wanted = positions[(positions >= first) & (positions < first + len(chunk))]
             chunk = chunk[wanted - first]
-        yield chunk.astype(np.float64)
+        yield chunk
 
 
 def _moments(data: ShardedFeatures, positions: np.ndarray | None) -> tuple[np.ndarray, np.ndarray]:
-    """Mean and unbiased covariance of the sampled rows of all workers, from all-reduced sums."""
+    """Mean and unbiased covariance of the sampled rows of all workers, from all-reduced sums.
+
+    Two passes: the mean first, so that the scatter is of centred rows (no cancellation), each
+    chunk's scatter a float32 matrix product (the cost of the PCA) summed in float64.
+    """
     dim = data.shape[1]
     sums = np.zeros(dim + 1)
     for chunk in _sampled_chunks(data, positions):
-        sums[:dim] += chunk.sum(axis=0)
+        sums[:dim] += chunk.sum(axis=0, dtype=np.float64)
         sums[dim] += len(chunk)
     sums = data.collective.all_reduce_sum(sums)
     count, mean = sums[dim], sums[:dim] / sums[dim]
     scatter = np.zeros((dim, dim))
     for chunk in _sampled_chunks(data, positions):
-        chunk -= mean
-        scatter += chunk.T @ chunk
+        centred = chunk - mean.astype(np.float32)
+        scatter += centred.T @ centred
     return mean, data.collective.all_reduce_sum(scatter) / max(count - 1, 1)
 
 
@@ -65,5 +69,4 @@ def project_to_cache(data: ShardedFeatures, pca: PCA, path: str, dtype: str = "f
     cache = FeatureCache.create(path, data.rows.shape[0], pca.components.shape[0], dtype)
     for first, chunk in data.chunks():
         cache.array[first:first + len(chunk)] = l2_normalize(pca.apply(chunk))
-    cache.array.flush()
     return ShardedFeatures(cache.array, data.start, data.total, data.collective, data.chunk_rows)

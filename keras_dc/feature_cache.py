@@ -3,7 +3,8 @@ opened as a numpy memmap.
 
 Clustering reads a shard chunk by chunk, so its RAM is bounded by one chunk and
 the centroids, not by N x d. Rows may be stored as float16 to halve the disk and
-page-cache footprint; reads always return float32.
+page-cache footprint; reads always return float32. Caches are scratch files read back through
+the same mapping, so they are never flushed (msync) to disk: a killed run extracts again.
 """
 
 from __future__ import annotations
@@ -18,10 +19,9 @@ from collections.abc import Iterator, Sequence
 import numpy as np
 import tensorflow as tf
 
-from keras_dc.config import ConfigError
+from keras_dc.config import CACHE_DTYPES, ConfigError
 from keras_dc.distribute import Collective
 
-CACHE_DTYPES = ("float32", "float16")
 CHUNK_ELEMENTS = 2**24  # 64 MB of float32 per chunk read from a cache
 
 
@@ -163,5 +163,4 @@ def extract_to_cache(model, images: tf.data.Dataset, path: str, rows: int, dtype
         start += len(features)
     if cache is None or start != rows:
         raise ValueError(f"expected {rows} feature rows from the dataset, got {start}")
-    cache.array.flush()
     return cache

@@ -51,13 +51,6 @@ class Assignment:
         return cls(arrays["super_ids"], arrays["sub_ids"], json.loads(str(arrays["stats_json"])), pca)
 
 
-def extract_features(backbone: keras.Model, source: ImageSource, image_size: int, batch_size: int,
-                     verbose: int = 0) -> np.ndarray:
-    """Features of every image in index order: centre view, no rotation, inference mode."""
-    dataset = data.clustering_dataset(source, image_size, batch_size)
-    return np.asarray(backbone.predict(dataset, verbose=verbose), dtype=np.float32)
-
-
 def cycle_seed(seed: int, cycle: int, salt: int) -> int:
     """A distinct, reproducible seed for each (run seed, cycle, purpose)."""
     return (seed * 1_000_003 + cycle * 7919 + salt) % (2**31 - 1)

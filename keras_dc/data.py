@@ -93,14 +93,17 @@ def dihedral_index_maps(size: int) -> tf.Tensor:
 
 
 def center_view(image: tf.Tensor, image_size: int) -> tf.Tensor:
-    """Resize the shorter side to image_size * 256/224, then take the centre image_size crop."""
-    shape = tf.cast(tf.shape(image)[:2], tf.float32)
+    """Resize the shorter side to image_size * 256/224, then take the centre image_size crop.
+
+    Works on one image (H, W, C) or on a batch of same-sized images (B, H, W, C).
+    """
+    shape = tf.cast(tf.shape(image)[-3:-1], tf.float32)
     target = round(image_size * CLUSTERING_RESIZE_RATIO)
     scale = target / tf.reduce_min(shape)
     new_shape = tf.maximum(tf.cast(tf.round(shape * scale), tf.int32), target)
     resized = tf.image.resize(tf.cast(image, tf.float32), new_shape)
     offset = (new_shape - image_size) // 2
-    return tf.slice(resized, [offset[0], offset[1], 0], [image_size, image_size, 3])
+    return tf.image.crop_to_bounding_box(resized, offset[0], offset[1], image_size, image_size)
 
 
 def training_dataset(source: ImageSource, tables: LabelTables, image_size: int, batch_size: int,
@@ -166,12 +169,18 @@ def fixed_size_image(source: ImageSource, index: tf.Tensor, size: int) -> tf.Ten
 
 def clustering_dataset(source: ImageSource, image_size: int, batch_size: int,
                        indices: np.ndarray | None = None) -> tf.data.Dataset:
-    """All images (or `indices`) in fixed order, centre-cropped, not rotated, for feature extraction."""
+    """All images (or `indices`) in fixed order, centre-cropped, not rotated, for feature extraction.
+
+    In-memory images share one size, so they are viewed a whole batch at a time; files one by one.
+    """
     order = np.arange(source.num_images) if indices is None else np.asarray(indices)
     dataset = tf.data.Dataset.from_tensor_slices(order.astype(np.int32))
-    dataset = dataset.map(lambda index: center_view(source.load(index), image_size),
-                          num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
-    return dataset.batch(batch_size).prefetch(tf.data.AUTOTUNE).with_options(_options())
+    view = lambda index: center_view(source.load(index), image_size)  # noqa: E731
+    if source.images is not None:
+        dataset = dataset.batch(batch_size).map(view, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
+    else:
+        dataset = dataset.map(view, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True).batch(batch_size)
+    return dataset.prefetch(tf.data.AUTOTUNE).with_options(_options())
 
 
 def _options() -> tf.data.Options:

@@ -14,6 +14,7 @@ import dataclasses
 import os
 import shutil
 import tempfile
+import weakref
 from collections.abc import Iterator, Sequence
 
 import numpy as np
@@ -145,6 +146,19 @@ def check_cache_budget(rows: int, dims: Sequence[int], settings: CacheSettings) 
                           f"raise the limit, store float16, use more workers or a smaller --pca_dim")
 
 
+_INFERENCE_FUNCTIONS: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
+
+
+def _inference_function(model) -> tf.types.experimental.PolymorphicFunction:
+    """The model's float32 inference call as a tf.function, traced once per model and kept, so that
+    every clustering after the first runs without tracing (as Keras caches predict's function)."""
+    if model not in _INFERENCE_FUNCTIONS:
+        held = weakref.ref(model)  # a strong reference in the value would keep the key alive forever
+        _INFERENCE_FUNCTIONS[model] = tf.function(lambda batch: tf.cast(held()(batch, training=False), tf.float32),
+                                                  reduce_retracing=True)
+    return _INFERENCE_FUNCTIONS[model]
+
+
 def extract_to_cache(model, images: tf.data.Dataset, path: str, rows: int, dtype: str = "float32"
                      ) -> FeatureCache:
     """Runs `model` in inference mode on each batch of `images` and writes its outputs row by row.
@@ -152,7 +166,7 @@ def extract_to_cache(model, images: tf.data.Dataset, path: str, rows: int, dtype
     The model is called directly, not through predict, so no replica or worker
     takes part: each worker extracts its own shard, and nothing else is kept in RAM.
     """
-    forward = tf.function(lambda batch: tf.cast(model(batch, training=False), tf.float32), reduce_retracing=True)
+    forward = _inference_function(model)
     cache = None
     start = 0
     for batch in images:

@@ -185,13 +185,14 @@ def bare_faiss_clustering(features: np.ndarray, k: int, m: int, pca_dim: int, ni
     pca.train(features)
     reduced = pca.apply(features)
     faiss.normalize_L2(reduced)
-    super_ids = _faiss_kmeans_assign(reduced, m, niter, seed)
+    super_ids = faiss_kmeans_assign(reduced, m, niter, seed)
     for s in range(m):
         rows = reduced[super_ids == s]
-        _faiss_kmeans_assign(rows, k // m, niter, seed + 1 + s)
+        faiss_kmeans_assign(rows, k // m, niter, seed + 1 + s)
 
 
-def _faiss_kmeans_assign(x: np.ndarray, k: int, niter: int, seed: int) -> np.ndarray:
+def faiss_kmeans_assign(x: np.ndarray, k: int, niter: int, seed: int) -> np.ndarray:
+    """Bare faiss.Kmeans on all of x (no subsampling), then each row's nearest centroid."""
     import faiss
 
     if k == 1:

@@ -88,6 +88,24 @@ def load_npz(path: str) -> dict[str, np.ndarray]:
         return {name: data[name] for name in data.files}
 
 
+def config_path(workdir: str) -> str:
+    return os.path.join(workdir, "config.json")
+
+
+def read_run_config(workdir: str) -> dict:
+    """The saved settings of a training workdir; a ConfigError naming --workdir when it has none."""
+    path = config_path(workdir)
+    if not os.path.isfile(path):
+        raise ConfigError("workdir", f"{path} does not exist; is this a training workdir?")
+    return read_json(path)
+
+
+def saved_cycles(workdir: str) -> list[int]:
+    """The cycles whose assignments are saved in the workdir, in order."""
+    paths = glob.glob(os.path.join(glob.escape(workdir), "assignments", "cycle_*.npz"))
+    return sorted(int(os.path.basename(path)[len("cycle_"):-len(".npz")]) for path in paths)
+
+
 def assignment_path(workdir: str, cycle: int) -> str:
     return os.path.join(workdir, "assignments", f"cycle_{cycle:04d}.npz")
 

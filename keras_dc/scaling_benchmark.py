@@ -18,7 +18,7 @@ from collections.abc import Callable, Sequence
 import numpy as np
 
 from keras_dc import distributed_kmeans, local_cluster
-from keras_dc.benchmark import _faiss_kmeans_assign
+from keras_dc.benchmark import faiss_kmeans_assign
 from keras_dc.distribute import Collective
 from keras_dc.feature_cache import FeatureCache, ShardedFeatures, shard_bounds
 
@@ -56,9 +56,9 @@ def bare_faiss_case(path: str, k: int, m: int, niter: int, seed: int) -> dict:
     x = np.load(path)
     baseline = _status_gb("VmRSS")
     start = time.perf_counter()
-    super_ids = _faiss_kmeans_assign(x, m, niter, seed)
+    super_ids = faiss_kmeans_assign(x, m, niter, seed)
     for s in range(m):
-        _faiss_kmeans_assign(x[super_ids == s], k // m, niter, seed + 1 + s)
+        faiss_kmeans_assign(x[super_ids == s], k // m, niter, seed + 1 + s)
     return {"seconds": time.perf_counter() - start, "baseline_rss_gb": baseline, "peak_rss_gb": _status_gb("VmHWM")}
 
 

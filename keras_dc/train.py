@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import dataclasses
 import functools
-import glob
 import os
 from typing import Callable
 
@@ -49,7 +48,7 @@ def check_settings(config: Config) -> tf.distribute.Strategy:
     """Every check that needs no data (flags, the workdir's saved settings, replicas), before
     anything expensive; returns the strategy to train with."""
     config_lib.validate(config)
-    config_lib.check_resumable(config, _config_path(config))
+    config_lib.check_resumable(config, checkpoints.config_path(config.workdir))
     strategy = distribute.get_strategy(config.strategy)
     replicas = strategy.num_replicas_in_sync
     if config.batch_size % replicas:
@@ -64,7 +63,7 @@ def prepare_data(config: Config, log: Callable[[str], None] = print) -> ImageSou
     """Loads the source and checks the settings that depend on it (after check_settings)."""
     source = load_source(config.data, config.image_size, config.tfds_data_dir, config.synthetic_size, config.seed)
     config_lib.validate_for_data(config, source.num_images)
-    config_lib.check_resumable(config, _config_path(config), source.num_images)
+    config_lib.check_resumable(config, checkpoints.config_path(config.workdir), source.num_images)
     if config.batch_size > source.num_images:
         raise ConfigError("batch_size", f"{config.batch_size} is larger than the {source.num_images} images")
     if source.unreadable:
@@ -98,8 +97,9 @@ def train(config: Config, source: ImageSource | None = None, log: Callable[[str]
     training_checkpoints = checkpoints.TrainingCheckpoints(config.workdir, model, int(dataset.cardinality()))
     start = training_checkpoints.restore()
     if chief:
-        checkpoints.write_json(_config_path(config), {**dataclasses.asdict(config), "source": source.description,
-                                                      "num_images": source.num_images})
+        checkpoints.write_json(checkpoints.config_path(config.workdir),
+                               {**dataclasses.asdict(config), "source": source.description,
+                                "num_images": source.num_images})
         write_data_summary(source, os.path.join(config.workdir, "tensorboard", "data"))
     if start != Position(0):
         log(f"resuming {config.workdir} after epoch {start.epoch}" + (f", batch {start.step}" if start.step else ""))
@@ -209,10 +209,6 @@ def write_data_summary(source: ImageSource, folder: str) -> None:
     writer.close()
 
 
-def _config_path(config: Config) -> str:
-    return os.path.join(config.workdir, "config.json")
-
-
 def export_backbone(backbone: keras.Model, config: Config, source: ImageSource) -> str:
     """Saves the feature extractor (normalisation and Sobel included) with its description."""
     path = os.path.join(config.workdir, "backbone.keras")
@@ -229,8 +225,8 @@ def export_backbone(backbone: keras.Model, config: Config, source: ImageSource) 
 
 def latest_assignment(workdir: str, first: bool = False) -> Assignment | None:
     """The most recent (or with `first`, the earliest) cycle's assignments saved in a workdir, if any."""
-    paths = sorted(glob.glob(os.path.join(workdir, "assignments", "cycle_*.npz")))
-    return Assignment.load(paths[0 if first else -1]) if paths else None
+    cycles = checkpoints.saved_cycles(workdir)
+    return Assignment.load(checkpoints.assignment_path(workdir, cycles[0 if first else -1])) if cycles else None
 
 
 def summary(config: Config) -> dict:

@@ -9,7 +9,6 @@ TensorBoard lists it under the same run.
 
 from __future__ import annotations
 
-import glob
 import math
 import os
 
@@ -151,11 +150,10 @@ def projector_metadata(indices: np.ndarray, cluster_ids: np.ndarray, source: Ima
 
 def latest_cycle(workdir: str) -> tuple[int, Assignment]:
     """The number and assignments of the workdir's latest re-clustering."""
-    paths = sorted(glob.glob(os.path.join(workdir, "assignments", "cycle_*.npz")))
-    if not paths:
+    cycles = checkpoints.saved_cycles(workdir)
+    if not cycles:
         raise ConfigError("workdir", f"{workdir} has no assignments/cycle_*.npz yet")
-    cycle = int(os.path.basename(paths[-1])[len("cycle_"):-len(".npz")])
-    return cycle, Assignment.load(paths[-1])
+    return cycles[-1], Assignment.load(checkpoints.assignment_path(workdir, cycles[-1]))
 
 
 def projector_features(backbone: keras.Model, views: np.ndarray, assignment: Assignment) -> np.ndarray:
@@ -170,10 +168,7 @@ def visualize_run(workdir: str, selections: list[str], count: int, samples: int,
 
     TensorBoard files go to workdir/tensorboard/clusters; returns what was drawn and written.
     """
-    config_path = os.path.join(workdir, "config.json")
-    if not os.path.isfile(config_path):
-        raise ConfigError("workdir", f"{config_path} does not exist; is this a training workdir?")
-    config = checkpoints.read_json(config_path)
+    config = checkpoints.read_run_config(workdir)
     cycle, assignment = latest_cycle(workdir)
     cluster_ids = assignment.cluster_ids(config["k"] // config["super_clusters"])
     source = load_source(config["data"], config["image_size"], config["tfds_data_dir"], config["synthetic_size"],

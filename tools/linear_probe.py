@@ -118,12 +118,7 @@ def workdir_config() -> dict:
     """The workdir's config.json, or {} without --workdir."""
     from keras_dc import checkpoints
 
-    if not FLAGS.workdir:
-        return {}
-    path = os.path.join(FLAGS.workdir, "config.json")
-    if not os.path.isfile(path):
-        raise ConfigError("workdir", f"{path} does not exist; is this a training workdir?")
-    return checkpoints.read_json(path)
+    return checkpoints.read_run_config(FLAGS.workdir) if FLAGS.workdir else {}
 
 
 def load_labelled(flag: str, spec: str, image_size: int, trained: dict):

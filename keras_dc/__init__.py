@@ -4,5 +4,9 @@ import os
 
 os.environ.setdefault("KERAS_BACKEND", "tensorflow")
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+# numpy's OpenBLAS threads spin ~2^28 cycles (~0.1 s) after each call; the first faiss search
+# after the PCA then waits for a core (one search: 5 ms -> 110 ms). 2^20 cycles (~0.4 ms)
+# keeps back-to-back BLAS calls warm. Read when numpy loads, so it acts when keras_dc comes first.
+os.environ.setdefault("OPENBLAS_THREAD_TIMEOUT", "20")
 
 __version__ = "0.1.0"

@@ -9,7 +9,7 @@ from dataclasses import dataclass
 import faiss
 import numpy as np
 
-from keras_dc.pca import PCA, fit_pca, l2_normalize
+from keras_dc.pca import PCA, fit_pca
 
 SPLIT_EPS = 1e-7
 FAISS_MIN_POINTS_PER_CENTROID = 39
@@ -220,7 +220,7 @@ def cluster_features(
     hierarchical k-means; also returns stage timings in seconds."""
     start = time.perf_counter()
     pca = fit_pca(features, pca_dim, whitening_power=0.5, sample_size=pca_sample, seed=seed)
-    reduced = l2_normalize(pca.apply(features))
+    reduced = pca.reduce(features)
     pca_s = time.perf_counter() - start
     if log:
         log(f"clustering: PCA {features.shape[1]}->{reduced.shape[1]} on "

@@ -9,8 +9,8 @@ from __future__ import annotations
 
 import numpy as np
 
-from keras_dc.feature_cache import FeatureCache, ShardedFeatures
-from keras_dc.pca import PCA, l2_normalize, pca_from_moments
+from keras_dc.feature_cache import CacheWriter, ShardedFeatures
+from keras_dc.pca import PCA, pca_from_moments
 
 
 def _local_sample(data: ShardedFeatures, sample_size: int | None, seed: int) -> np.ndarray | None:
@@ -66,7 +66,8 @@ def fit_pca(data: ShardedFeatures, dim: int, whitening_power: float = 0.5, sampl
 
 def project_to_cache(data: ShardedFeatures, pca: PCA, path: str, dtype: str = "float32") -> ShardedFeatures:
     """Reduces, whitens and L2-normalises this worker's rows chunk by chunk into a new cache file."""
-    cache = FeatureCache.create(path, data.rows.shape[0], pca.components.shape[0], dtype)
-    for first, chunk in data.chunks():
-        cache.array[first:first + len(chunk)] = l2_normalize(pca.apply(chunk))
+    with CacheWriter(path, data.rows.shape[0], pca.components.shape[0], dtype) as writer:
+        for _, chunk in data.chunks():
+            writer.write(pca.reduce(chunk))
+        cache = writer.finish()
     return ShardedFeatures(cache.array, data.start, data.total, data.collective, data.chunk_rows)

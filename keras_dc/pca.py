@@ -21,15 +21,32 @@ class PCA:
     eigenvalues: np.ndarray
     whitening_power: float = 0.5
 
-    def apply(self, x: np.ndarray, batch_size: int = 65536) -> np.ndarray:
-        """Reduce and whiten the rows of x, batch by batch so that only float32 copies
-        of one batch are made; returns float32 (N, d_out)."""
-        scale = (self.eigenvalues.astype(np.float64) ** -self.whitening_power).astype(np.float32)
-        out = np.empty((x.shape[0], self.components.shape[0]), dtype=np.float32)
+    def apply(self, x: np.ndarray, batch_size: int = 65536, out: np.ndarray | None = None) -> np.ndarray:
+        """Reduce and whiten the rows of x into float32 (N, d_out) rows (`out`, or a new array).
+
+        The mean and the scale are folded into one matrix and a bias, as faiss does, so
+        each batch costs one float32 product written straight into `out`, no centred copy.
+        """
+        matrix, bias = self._folded()
+        if out is None:
+            out = np.empty((x.shape[0], matrix.shape[1]), dtype=np.float32)
         for start in range(0, x.shape[0], batch_size):
-            batch = np.asarray(x[start:start + batch_size], dtype=np.float32) - self.mean
-            out[start:start + batch_size] = (batch @ self.components.T) * scale
+            block = out[start:start + batch_size]
+            np.matmul(np.asarray(x[start:start + batch_size], dtype=np.float32), matrix, out=block)
+            block -= bias
         return out
+
+    def reduce(self, x: np.ndarray, out: np.ndarray | None = None) -> np.ndarray:
+        """The rows as k-means sees them (METHOD.md, cycle steps 2-3): reduced, whitened, L2-normalised."""
+        out = self.apply(x, out=out)
+        normalize_rows(out)
+        return out
+
+    def _folded(self) -> tuple[np.ndarray, np.ndarray]:
+        """(d_in, d_out) matrix and (d_out,) bias with apply(x) = x @ matrix - bias, in float64 then float32."""
+        scale = self.eigenvalues.astype(np.float64) ** -self.whitening_power
+        matrix = self.components.astype(np.float64).T * scale
+        return matrix.astype(np.float32), (self.mean.astype(np.float64) @ matrix).astype(np.float32)
 
     def to_arrays(self) -> dict[str, np.ndarray]:
         """The fitted state as plain arrays with `pca_` keys, storable in an .npz."""
@@ -110,7 +127,13 @@ def pca_from_moments(mean: np.ndarray, cov: np.ndarray, dim: int, whitening_powe
 
 def l2_normalize(x: np.ndarray, eps: float = 1e-12) -> np.ndarray:
     """Scale each row of x to unit L2 norm (rows of norm < eps are divided by eps);
-    returns float32."""
-    x = np.asarray(x, dtype=np.float32)
-    norms = np.linalg.norm(x, axis=1, keepdims=True)
-    return x / np.maximum(norms, eps)
+    returns a new float32 array."""
+    out = np.array(x, dtype=np.float32)
+    normalize_rows(out, eps)
+    return out
+
+
+def normalize_rows(x: np.ndarray, eps: float = 1e-12) -> None:
+    """l2_normalize in place on a float32 array (no temporary of x's size)."""
+    norms = np.sqrt(np.einsum("ij,ij->i", x, x))
+    x /= np.maximum(norms, eps)[:, None]

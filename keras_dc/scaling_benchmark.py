@@ -20,7 +20,7 @@ import numpy as np
 from keras_dc import distributed_kmeans, local_cluster
 from keras_dc.benchmark import faiss_kmeans_assign
 from keras_dc.distribute import Collective
-from keras_dc.feature_cache import FeatureCache, ShardedFeatures, shard_bounds
+from keras_dc.feature_cache import CacheWriter, FeatureCache, ShardedFeatures, shard_bounds
 
 RESULT_PREFIX = "RESULT "
 SYNTHETIC_CENTRES = 2000
@@ -31,14 +31,13 @@ _GENERATE_ROWS = 65536
 def write_synthetic_features(path: str, rows: int, dim: int, seed: int = 0) -> FeatureCache:
     """L2-normalised points around SYNTHETIC_CENTRES random centres, written chunk by chunk."""
     means = np.random.default_rng(seed).normal(size=(SYNTHETIC_CENTRES, dim)).astype(np.float32)
-    cache = FeatureCache.create(path, rows, dim)
-    for first in range(0, rows, _GENERATE_ROWS):
-        rng = np.random.default_rng([seed, first])
-        size = min(_GENERATE_ROWS, rows - first)
-        x = means[rng.integers(0, SYNTHETIC_CENTRES, size)] + rng.normal(size=(size, dim)).astype(np.float32)
-        cache.array[first:first + size] = x / np.linalg.norm(x, axis=1, keepdims=True)
-    cache.array.flush()
-    return cache
+    with CacheWriter(path, rows, dim) as writer:
+        for first in range(0, rows, _GENERATE_ROWS):
+            rng = np.random.default_rng([seed, first])
+            size = min(_GENERATE_ROWS, rows - first)
+            x = means[rng.integers(0, SYNTHETIC_CENTRES, size)] + rng.normal(size=(size, dim)).astype(np.float32)
+            writer.write(x / np.linalg.norm(x, axis=1, keepdims=True))
+        return writer.finish()
 
 
 def _status_gb(key: str) -> float:

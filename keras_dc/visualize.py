@@ -22,7 +22,6 @@ import keras
 
 from keras_dc import checkpoints, data
 from keras_dc.config import ConfigError
-from keras_dc.pca import l2_normalize
 from keras_dc.reclustering import Assignment
 from keras_dc.sources import ImageSource, load_source
 
@@ -159,7 +158,7 @@ def latest_cycle(workdir: str) -> tuple[int, Assignment]:
 def projector_features(backbone: keras.Model, views: np.ndarray, assignment: Assignment) -> np.ndarray:
     """Backbone features of the views, mapped like the clustering (latest PCA, then L2) when the cycle has a PCA."""
     features = np.asarray(backbone.predict(views, batch_size=256, verbose=0), np.float32)
-    return l2_normalize(assignment.pca.apply(features)) if assignment.pca is not None else features
+    return assignment.pca.reduce(features) if assignment.pca is not None else features
 
 
 def visualize_run(workdir: str, selections: list[str], count: int, samples: int, projector_samples: int,

@@ -9,17 +9,19 @@ import keras
 
 from keras_dc.config import ConfigError
 from keras_dc.distribute import Collective
-from keras_dc.feature_cache import (CacheSettings, FeatureCache, ShardedFeatures, cache_gb, check_cache_budget,
-                                    extract_to_cache, shard_bounds)
+from keras_dc.feature_cache import (CacheSettings, CacheWriter, FeatureCache, ShardedFeatures, cache_gb,
+                                    check_cache_budget, extract_to_cache, shard_bounds)
 
 
 @pytest.mark.parametrize("dtype", ["float32", "float16"])
 def test_cache_file_round_trip_is_memory_mapped(tmp_path, dtype):
     path = str(tmp_path / "sub" / "features.npy")
     values = np.random.default_rng(0).normal(size=(7, 5)).astype(np.float32)
-    cache = FeatureCache.create(path, 7, 5, dtype)
-    cache.array[:] = values
-    cache.array.flush()
+    with CacheWriter(path, 7, 5, dtype) as writer:
+        writer.write(values[:3])
+        writer.write(values[3:])
+        written = writer.finish()
+    np.testing.assert_array_equal(written.array, values.astype(dtype))
     reopened = FeatureCache.open(path)
     assert isinstance(reopened.array, np.memmap) and reopened.array.dtype == np.dtype(dtype)
     np.testing.assert_allclose(reopened.array, values, rtol=1e-3 if dtype == "float16" else 0)
@@ -29,7 +31,20 @@ def test_cache_file_round_trip_is_memory_mapped(tmp_path, dtype):
 
 def test_unknown_cache_dtype_is_refused(tmp_path):
     with pytest.raises(ValueError, match="float16"):
-        FeatureCache.create(str(tmp_path / "x.npy"), 2, 2, "int8")
+        CacheWriter(str(tmp_path / "x.npy"), 2, 2, "int8")
+
+
+def test_a_cache_missing_or_overflowing_rows_is_refused_and_removed(tmp_path):
+    path = tmp_path / "x.npy"
+    with pytest.raises(ValueError, match="1 of 2 rows written"):
+        with CacheWriter(str(path), 2, 3) as writer:
+            writer.write(np.zeros((1, 3)))
+            writer.finish()
+    assert not path.exists()
+    with pytest.raises(ValueError, match="do not fit"):
+        with CacheWriter(str(path), 2, 3) as writer:
+            writer.write(np.zeros((3, 3)))
+    assert not path.exists()
 
 
 @pytest.mark.parametrize("rows,workers", [(10, 3), (2, 2), (1797, 2), (5, 1)])

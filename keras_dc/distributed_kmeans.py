@@ -2,20 +2,23 @@
 "Scale of the reference").
 
 Each worker holds a contiguous shard of the rows (a memory-mapped cache). In
-every Lloyd iteration each worker assigns its rows with faiss and accumulates
-per-cluster sums and counts in float64; these are all-reduced, so all workers
-hold the same centroids. Everything random or data-dependent (initial rows,
-empty-cluster splits) is decided from reduced values and a shared seed, hence
-identically everywhere. With one worker the collective is the identity and this
-is plain Lloyd k-means. Both levels of the hierarchy use one code path: G groups
-of c centroids, each row searched only among its group's centroids (level 1:
-G = 1, c = m; level 2: G = m super-clusters, c = k/m).
+every Lloyd iteration each worker assigns its rows with faiss and accumulates, in
+float64, the change of the per-cluster sums and counts from the rows that moved;
+these are all-reduced, so all workers hold the same sums and centroids.
+Everything random or data-dependent (initial rows, empty-cluster splits) is
+decided from reduced values and a shared seed, hence identically everywhere. With
+one worker the collective is the identity and this is plain Lloyd k-means. Both
+levels of the hierarchy use one code path: G groups of c centroids, each row
+searched only among its group's centroids (level 1: G = 1, c = m; level 2:
+G = m super-clusters, c = k/m, on a copy of the rows sorted by group).
 """
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import os
+import tempfile
 import time
 from collections.abc import Callable, Iterator
 
@@ -25,11 +28,12 @@ from scipy import sparse
 
 from keras_dc import clustering, distributed_pca
 from keras_dc.clustering import HierarchicalResult, KMeansResult, grow_small_clusters, split_empty_clusters
-from keras_dc.feature_cache import CHUNK_ELEMENTS, ShardedFeatures
+from keras_dc.feature_cache import CacheWriter, ShardedFeatures
 from keras_dc.pca import PCA
 
 LLOYD_SPLIT_EPS = 1.0 / 1024  # faiss's relative perturbation when an empty cluster is re-seeded mid-run
 SEARCH_CHUNK_ELEMENTS = 2**26  # faiss searches large query blocks faster; 256 MB of float32 rows
+SUM_BLOCK_ELEMENTS = 2**19  # rows widened to float64 per block: 4 MB stays in cache, 25% faster than 64 MB
 
 Log = Callable[[str], None]
 
@@ -63,77 +67,91 @@ def _indexes(centroids: np.ndarray) -> list[faiss.Index]:
 
 
 class _Workspace:
-    """Per-cluster float64 sums and counts, and the buffers that every pass of one k-means level
-    reuses: fresh 100 MB arrays for each block would cost as much as the arithmetic on them."""
+    """What one k-means level carries from pass to pass: each stored row's cluster in the last
+    pass, all workers' float64 per-cluster sums and counts under it, and a reused buffer. A pass
+    adds only the rows that changed cluster (after a few Lloyd iterations, a few percent), so the
+    sums cost a fraction of a pass over all rows."""
 
-    def __init__(self, clusters: int, dim: int):
+    def __init__(self, clusters: int, dim: int, local_rows: int):
         self.sums = np.zeros((clusters, dim))
         self.counts = np.zeros(clusters)
-        self._wide = np.empty((max(1, CHUNK_ELEMENTS // dim), dim))
-        self._rows = np.empty((0, dim), dtype=np.float32)
+        self.assigned = np.full(local_rows, -1, dtype=np.int64)
+        self._delta_sums = np.zeros((clusters, dim))
+        self._delta_counts = np.zeros(clusters)
+        self._wide = np.empty((max(1, SUM_BLOCK_ELEMENTS // dim), dim))
 
-    def gather(self, x: np.ndarray, rows: np.ndarray) -> np.ndarray:
-        """x[rows] in a reused float32 buffer (valid until the next call)."""
-        if len(self._rows) < len(rows):
-            self._rows = np.empty((len(rows), x.shape[1]), dtype=np.float32)
-        return np.take(x, rows, axis=0, out=self._rows[:len(rows)], mode="clip")
+    def move(self, rows: np.ndarray, x: np.ndarray, ids: np.ndarray) -> None:
+        """Records that stored rows `rows` (values x) are now in clusters `ids`: the rows that
+        changed cluster leave their old sum and join the new one, in this pass's deltas."""
+        previous = self.assigned[rows]
+        moved = np.flatnonzero(previous != ids)
+        if len(moved) == 0:
+            return
+        self.assigned[rows[moved]] = ids[moved]
+        values = x if len(moved) == len(ids) else x[moved]
+        self._scatter(ids[moved], values, 1.0)
+        left = previous[moved] >= 0
+        self._scatter(previous[moved][left], values[left] if not left.all() else values, -1.0)
 
-    def add(self, ids: np.ndarray, x: np.ndarray) -> None:
-        """Adds each row of x to the sum of its cluster, in float64: a (clusters x rows) one-hot
-        matrix, built directly in CSC form (one entry per column), times the widened rows."""
+    def _scatter(self, ids: np.ndarray, x: np.ndarray, sign: float) -> None:
+        """Adds sign * each row of x to its cluster's delta, in float64: a (clusters x rows)
+        one-hot matrix, built directly in CSC form (one entry per column), times widened rows."""
         for first in range(0, len(x), len(self._wide)):
             part, part_ids = x[first:first + len(self._wide)], ids[first:first + len(self._wide)]
             wide = self._wide[:len(part)]
             np.copyto(wide, part)
-            one_hot = sparse.csc_matrix((np.ones(len(part)), part_ids, np.arange(len(part) + 1)),
+            one_hot = sparse.csc_matrix((np.full(len(part), sign), part_ids, np.arange(len(part) + 1)),
                                         shape=(len(self.counts), len(part)))
-            self.sums += one_hot @ wide
-        self.counts += np.bincount(ids, minlength=len(self.counts))
+            self._delta_sums += one_hot @ wide
+        self._delta_counts += sign * np.bincount(ids, minlength=len(self.counts))
+
+    def commit(self, collective) -> None:
+        """Adds all workers' deltas of this pass to the sums and counts (identical everywhere)."""
+        clusters = len(self.counts)
+        packed = collective.all_reduce_sum(np.concatenate([self._delta_sums.ravel(), self._delta_counts]))
+        self.sums += packed[:-clusters].reshape(self.sums.shape)
+        self.counts += packed[-clusters:]
+        self._delta_sums[:], self._delta_counts[:] = 0.0, 0.0
 
 
-def _search_blocks(data: ShardedFeatures, centroids: np.ndarray, groups: np.ndarray | None, work: _Workspace
+def _search_blocks(data: ShardedFeatures, centroids: np.ndarray, bounds: dict[int, np.ndarray] | None
                    ) -> Iterator[tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]]:
-    """(local row numbers, float32 rows, flat cluster ids, squared distances) of blocks of this
-    worker's rows, each searched among its group's centroids (groups: the group of each local
-    row, None for one group); the flat id of centroid j of group g is g * per_group + j."""
+    """(stored row positions, float32 rows, flat cluster ids, squared distances) of blocks of this
+    worker's rows, each searched among its group's centroids. Rows are stored group by group
+    inside each search chunk, bounds[first row of chunk] giving the groups' limits (None: one
+    group); the flat id of centroid j of group g is g * per_group + j."""
     indexes, per_group = _indexes(centroids), centroids.shape[1]
     for first, x in data.chunks(SEARCH_CHUNK_ELEMENTS):
-        if groups is None:
-            distances, nearest = indexes[0].search(x, 1)
-            yield np.arange(first, first + len(x)), x, nearest[:, 0], distances[:, 0]
-            continue
-        chunk_groups = groups[first:first + len(x)]
-        order = np.argsort(chunk_groups, kind="stable")
-        bounds = np.searchsorted(chunk_groups[order], np.arange(len(indexes) + 1))
+        limits = bounds[first] if bounds is not None else (0, len(x))
         for group, index in enumerate(indexes):
-            rows = order[bounds[group]:bounds[group + 1]]
-            if len(rows):
-                block = work.gather(x, rows)
-                distances, nearest = index.search(block, 1)
-                yield first + rows, block, nearest[:, 0] + group * per_group, distances[:, 0]
+            low, high = limits[group], limits[group + 1]
+            if high > low:
+                distances, nearest = index.search(x[low:high], 1)
+                yield np.arange(first + low, first + high), x[low:high], nearest[:, 0] + group * per_group, \
+                    distances[:, 0]
 
 
-def _assign(data: ShardedFeatures, centroids: np.ndarray, groups: np.ndarray | None, work: _Workspace
-            ) -> tuple[np.ndarray, float]:
+def _assign(data: ShardedFeatures, centroids: np.ndarray, bounds: dict[int, np.ndarray] | None,
+            order: np.ndarray | None = None) -> tuple[np.ndarray, float]:
     """The flat cluster ids of all workers' rows and the summed squared distances to the assigned
-    centroids (the k-means objective)."""
+    centroids (the k-means objective); order[p] is the local row stored at position p (None: the
+    rows are stored in order)."""
     ids = np.empty(data.rows.shape[0], dtype=np.int64)
     objective = 0.0
-    for rows, _, flat_ids, distances in _search_blocks(data, centroids, groups, work):
-        ids[rows] = flat_ids
+    for positions, _, flat_ids, distances in _search_blocks(data, centroids, bounds):
+        ids[positions if order is None else order[positions]] = flat_ids
         objective += float(distances.sum(dtype=np.float64))
     return data.gather(ids), float(data.collective.all_reduce_sum(np.array([objective]))[0])
 
 
-def _cluster_sums(data: ShardedFeatures, centroids: np.ndarray, groups: np.ndarray | None, work: _Workspace
-                  ) -> tuple[np.ndarray, np.ndarray]:
-    """All workers' per-cluster float64 sums of rows and counts under the nearest-centroid assignment."""
-    clusters = len(work.counts)
-    work.sums[:], work.counts[:] = 0.0, 0.0
-    for _, x, flat_ids, _ in _search_blocks(data, centroids, groups, work):
-        work.add(flat_ids, x)
-    packed = data.collective.all_reduce_sum(np.concatenate([work.sums.ravel(), work.counts]))
-    return packed[:-clusters].reshape(work.sums.shape), packed[-clusters:]
+def _cluster_sums(data: ShardedFeatures, centroids: np.ndarray, bounds: dict[int, np.ndarray] | None,
+                  work: _Workspace) -> tuple[np.ndarray, np.ndarray]:
+    """All workers' per-cluster float64 sums of rows and counts under the nearest-centroid
+    assignment (the workspace's, updated by this pass; copies)."""
+    for positions, x, flat_ids, _ in _search_blocks(data, centroids, bounds):
+        work.move(positions, x, flat_ids)
+    work.commit(data.collective)
+    return work.sums.copy(), work.counts.copy()
 
 
 def _reseed_empty(centroids: np.ndarray, counts: np.ndarray, rng: np.random.Generator) -> None:
@@ -148,12 +166,12 @@ def _reseed_empty(centroids: np.ndarray, counts: np.ndarray, rng: np.random.Gene
         counts[donor] -= counts[target]
 
 
-def _lloyd(data: ShardedFeatures, centroids: np.ndarray, groups: np.ndarray | None, niter: int,
+def _lloyd(data: ShardedFeatures, centroids: np.ndarray, bounds: dict[int, np.ndarray] | None, niter: int,
            rngs: list[np.random.Generator], work: _Workspace) -> np.ndarray:
     """niter Lloyd iterations (assign, then mean of the members) of every group at once."""
     num_groups, per_group, dim = centroids.shape
     for _ in range(niter):
-        sums, counts = _cluster_sums(data, centroids, groups, work)
+        sums, counts = _cluster_sums(data, centroids, bounds, work)
         flat = centroids.reshape(-1, dim).copy()
         filled = counts > 0
         flat[filled] = sums[filled] / counts[filled, None]
@@ -166,10 +184,10 @@ def _lloyd(data: ShardedFeatures, centroids: np.ndarray, groups: np.ndarray | No
 
 def _mean_result(data: ShardedFeatures) -> KMeansResult:
     """k = 1: everything in cluster 0, whose centroid is the mean of all rows."""
-    work = _Workspace(1, data.shape[1])
+    work = _Workspace(1, data.shape[1], data.rows.shape[0])
     sums, _ = _cluster_sums(data, np.zeros((1, 1, data.shape[1]), np.float32), None, work)
     centroids = (sums / data.total).astype(np.float32)
-    assignments, objective = _assign(data, centroids[None], None, work)
+    assignments, objective = _assign(data, centroids[None], None)
     return KMeansResult(assignments, centroids, objective, 0)
 
 
@@ -184,15 +202,37 @@ def kmeans(data: ShardedFeatures, k: int, niter: int, seed: int, init: np.ndarra
     rng = np.random.default_rng(seed)
     if init is None:
         init = data[rng.choice(data.total, size=k, replace=False)]
-    work = _Workspace(k, data.shape[1])
+    work = _Workspace(k, data.shape[1], data.rows.shape[0])
     centroids = _lloyd(data, np.asarray(init, np.float32)[None], None, niter, [rng], work)[0]
-    nearest, objective = _assign(data, centroids[None], None, work)
+    nearest, objective = _assign(data, centroids[None], None)
     assignments, centroids, n_split = split_empty_clusters(data, nearest, centroids, rng)
     return KMeansResult(assignments, centroids, objective, n_split)
 
 
-def _sub_kmeans(data: ShardedFeatures, super_ids: np.ndarray, k: int, m: int, niter: int, seed: int
-                ) -> tuple[np.ndarray, float, int]:
+@contextlib.contextmanager
+def _grouped_copy(data: ShardedFeatures, groups: np.ndarray, num_groups: int, path: str
+                  ) -> Iterator[tuple[ShardedFeatures, np.ndarray, dict[int, np.ndarray]]]:
+    """A scratch copy of this worker's rows at `path` (removed afterwards), each search chunk's
+    rows sorted by group, so that every pass searches contiguous blocks instead of gathering a
+    copy of each group; yields the copy, the local row stored at each position and each chunk's
+    group bounds (by the chunk's first row)."""
+    order = np.empty(data.rows.shape[0], dtype=np.int64)
+    bounds = {}
+    with CacheWriter(path, *data.rows.shape, "float16" if data.rows.dtype == np.float16 else "float32") as writer:
+        for first, x in data.chunks(SEARCH_CHUNK_ELEMENTS):
+            chunk_order = np.argsort(groups[first:first + len(x)], kind="stable")
+            writer.write(x[chunk_order])
+            order[first:first + len(x)] = first + chunk_order
+            bounds[first] = np.searchsorted(groups[first + chunk_order], np.arange(num_groups + 1))
+        cache = writer.finish()
+    try:
+        yield ShardedFeatures(cache.array, data.start, data.total, data.collective, data.chunk_rows), order, bounds
+    finally:
+        cache.remove()
+
+
+def _sub_kmeans(data: ShardedFeatures, super_ids: np.ndarray, k: int, m: int, niter: int, seed: int,
+                grouped_path: str) -> tuple[np.ndarray, float, int]:
     """Level 2, all super-clusters at once: super-cluster s gets k/m clusters seeded with
     seed + 1 + s; returns local sub ids, the objective and the number of empty clusters split."""
     per_super = k // m
@@ -203,10 +243,11 @@ def _sub_kmeans(data: ShardedFeatures, super_ids: np.ndarray, k: int, m: int, ni
                              f"sub-clusters it must hold; use a smaller k or m")
     rngs = [np.random.default_rng(seed + 1 + s) for s in range(m)]
     init_rows = np.concatenate([rng.choice(rows, size=per_super, replace=False) for rng, rows in zip(rngs, members)])
-    local_groups = super_ids[data.start:data.stop]
-    work = _Workspace(k, data.shape[1])
-    centroids = _lloyd(data, data[init_rows].reshape(m, per_super, -1), local_groups, niter, rngs, work)
-    flat_ids, objective = _assign(data, centroids, local_groups, work)
+    init = data[init_rows].reshape(m, per_super, -1)
+    with _grouped_copy(data, super_ids[data.start:data.stop], m, grouped_path) as (grouped, order, bounds):
+        work = _Workspace(k, data.shape[1], data.rows.shape[0])
+        centroids = _lloyd(grouped, init, bounds, niter, rngs, work)
+        flat_ids, objective = _assign(grouped, centroids, bounds, order)
     sub_ids = np.zeros(data.total, dtype=np.int64)
     n_split = 0
     for s, rows in enumerate(members):
@@ -216,9 +257,11 @@ def _sub_kmeans(data: ShardedFeatures, super_ids: np.ndarray, k: int, m: int, ni
     return sub_ids.astype(np.int32), objective, n_split
 
 
-def hierarchical_kmeans(data: ShardedFeatures, k: int, m: int, niter: int, seed: int) -> HierarchicalResult:
+def hierarchical_kmeans(data: ShardedFeatures, k: int, m: int, niter: int, seed: int,
+                        grouped_path: str | None = None) -> HierarchicalResult:
     """k-means into m super-clusters on all rows, then into k/m sub-clusters inside each, as
-    clustering.hierarchical_kmeans but over the workers' shards."""
+    clustering.hierarchical_kmeans but over the workers' shards. Level 2 works on a copy of this
+    worker's rows grouped by super-cluster, at grouped_path (None: in a temporary folder)."""
     if m < 1 or k < m or k % m != 0:
         raise ValueError(f"k={k} must be a positive multiple of m={m}")
     if data.total < k:
@@ -226,7 +269,10 @@ def hierarchical_kmeans(data: ShardedFeatures, k: int, m: int, niter: int, seed:
     top = kmeans(data, m, niter, seed)
     super_assignments, grown = grow_small_clusters(data, top.assignments, top.centroids, k // m)
     super_ids = super_assignments.astype(np.int32)
-    sub_ids, objective, sub_split = _sub_kmeans(data, super_ids, k, m, niter, seed)
+    with contextlib.ExitStack() as stack:
+        if grouped_path is None:
+            grouped_path = os.path.join(stack.enter_context(tempfile.TemporaryDirectory()), "grouped.npy")
+        sub_ids, objective, sub_split = _sub_kmeans(data, super_ids, k, m, niter, seed, grouped_path)
     return HierarchicalResult(super_ids=super_ids, sub_ids=sub_ids, objective=objective,
                               super_objective=top.objective, empty_split=top.empty_split + sub_split + grown,
                               k=k, m=m)
@@ -243,8 +289,9 @@ def cluster_features(features: ShardedFeatures, k: int, m: int, pca_dim: int, ni
                      reduced_path: str, pca_sample: int | None = None, dtype: str = "float32",
                      log: Log | None = None) -> tuple[HierarchicalResult, PCA, dict[str, float]]:
     """The clustering step over shards, as clustering.cluster_features: PCA (whitening 0.5) from
-    all-reduced moments, L2 normalisation into a cache at reduced_path (removed afterwards),
-    hierarchical k-means; logs the assignments checksum and returns stage timings."""
+    all-reduced moments, L2 normalisation into a cache at reduced_path (removed afterwards, as
+    the copy grouped by super-cluster next to it), hierarchical k-means; logs the assignments
+    checksum and returns stage timings."""
     log = log or (lambda line: None)
     start = time.perf_counter()
     pca = distributed_pca.fit_pca(features, pca_dim, 0.5, pca_sample, seed)
@@ -253,7 +300,7 @@ def cluster_features(features: ShardedFeatures, k: int, m: int, pca_dim: int, ni
     log(f"clustering: PCA {features.shape[1]}->{reduced.shape[1]} on {features.total} images "
         f"({features.collective.workers} workers) in {pca_s:.2f} s")
     try:
-        result = hierarchical_kmeans(reduced, k, m, niter, seed)
+        result = hierarchical_kmeans(reduced, k, m, niter, seed, os.path.splitext(reduced_path)[0] + "_grouped.npy")
     finally:
         os.remove(reduced_path)
     kmeans_s = time.perf_counter() - start - pca_s

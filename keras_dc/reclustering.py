@@ -76,7 +76,8 @@ def recluster(backbone: keras.Model, source: ImageSource, config: Config, cycle:
     collective = collective or distribute.Collective()
     rows = feature_cache.shard_bounds(source.num_images, collective.worker, collective.workers)
     with feature_cache.cache_directory(cache) as settings:
-        feature_cache.check_cache_budget(rows[1] - rows[0], (backbone.output_shape[-1], config.pca_dim), settings)
+        widths = feature_cache.clustering_widths(backbone.output_shape[-1], config.pca_dim)
+        feature_cache.check_cache_budget(rows[1] - rows[0], widths, settings)
         prefix = os.path.join(settings.directory, f"worker_{collective.worker}")
         raw = extract_shard_to_cache(backbone, source, config.image_size, config.batch_size, rows,
                                      prefix + "_raw.npy", settings.dtype)

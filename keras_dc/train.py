@@ -176,7 +176,8 @@ def cache_settings(config: Config, strategy: tf.distribute.Strategy, num_images:
     folder = config.feature_cache_dir or os.path.join(config.workdir, "feature_cache")
     settings = feature_cache.CacheSettings(folder, config.feature_cache_dtype, config.max_cache_gb)
     start, stop = feature_cache.shard_bounds(num_images, *distribute.worker_position(strategy))
-    feature_cache.check_cache_budget(stop - start, (backbones.FEATURE_DIM[config.arch], config.pca_dim), settings)
+    widths = feature_cache.clustering_widths(backbones.FEATURE_DIM[config.arch], config.pca_dim)
+    feature_cache.check_cache_budget(stop - start, widths, settings)
     return settings
 
 

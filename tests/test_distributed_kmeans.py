@@ -168,3 +168,19 @@ def test_a_cluster_emptied_during_lloyd_is_reseeded_before_the_end():
     for result in run_workers(2, x, lambda data: distributed_kmeans.kmeans(data, 24, 6, seed=0, init=init)):
         assert result.empty_split == 0
         assert np.bincount(result.assignments, minlength=24).min() > 0
+
+
+def test_sums_updated_from_moved_rows_equal_sums_recomputed_from_scratch():
+    x = np.random.default_rng(0).normal(size=(500, 6)).astype(np.float32)
+    work = distributed_kmeans._Workspace(7, 6, len(x))
+    rng = np.random.default_rng(1)
+    for _ in range(4):
+        ids = rng.integers(0, 7, len(x))
+        ids[::3] = work.assigned[::3].clip(0)  # a third of the rows keep their cluster
+        for first in range(0, len(x), 128):
+            work.move(np.arange(first, min(first + 128, len(x))), x[first:first + 128], ids[first:first + 128])
+        work.commit(Collective())
+        expected = np.zeros((7, 6))
+        np.add.at(expected, ids, x.astype(np.float64))
+        np.testing.assert_allclose(work.sums, expected, rtol=0, atol=1e-12)
+        np.testing.assert_array_equal(work.counts, np.bincount(ids, minlength=7))

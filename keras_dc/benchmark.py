@@ -26,7 +26,7 @@ from keras_dc.feature_cache import CacheWriter, ShardedFeatures
 from keras_dc.sources import ImageSource, synthetic_source
 
 
-ROUNDS = 2  # alternating rounds of the step measurements
+ROUNDS = 3  # alternating rounds of the step measurements (2 still let a burst of the neighbours through)
 
 
 class StepTimer(keras.callbacks.Callback):

@@ -2,7 +2,7 @@
 
     python tools/benchmark.py --quick --output=/tmp/kdc_bench.json
 
---quick takes a few minutes on 2 CPU cores; --size=smoke only checks that everything runs.
+--quick takes about 10 minutes on 2 shared CPU cores; --size=smoke only checks that everything runs.
 
 Keys of the JSON (ratios: higher is better unless marked "time ratio"):
 input_pipeline_ratio, step_vs_plain_keras, matmul_utilization, extraction_vs_predict,
@@ -35,7 +35,7 @@ SIZES = {
 
 
 def define_flags() -> None:
-    flags.DEFINE_bool("quick", False, "A run of a few minutes on 2 CPU cores (same as --size=quick).")
+    flags.DEFINE_bool("quick", False, "A run of about 10 minutes on 2 CPU cores (same as --size=quick).")
     flags.DEFINE_enum("size", "full", list(SIZES), "How much work: smoke (a test that it runs), quick, full.")
     flags.DEFINE_string("output", "", "Write the figures to this JSON file.")
     flags.DEFINE_bool("deterministic", True, "Deterministic ops, as training uses by default.")

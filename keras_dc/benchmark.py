@@ -84,7 +84,7 @@ def matmul_flops_per_second(size: int = 2048, repeats: int = 10, dtype: str = "f
     return 2 * size**3 * repeats / (time.perf_counter() - start)
 
 
-def _fit_rate(model: keras.Model, dataset: tf.data.Dataset, batch_size: int, epochs: int = 3,
+def _fit_rate(model: keras.Model, dataset: tf.data.Dataset, batch_size: int, epochs: int = 2,
               callbacks: list | None = None) -> float:
     timer = StepTimer(batch_size)
     model.fit(dataset, epochs=epochs, verbose=0, callbacks=[timer, *(callbacks or [])])
@@ -141,7 +141,7 @@ def train_step_figures(config: Config, source: ImageSource, steps: int) -> dict[
     runs = [(model, real, [plan]), (model, _cached(real, steps), []), (plain, _cached(real, steps, ("super", "sub")), [])]
     real_rate, cached_rate, plain_rate = 0.0, 0.0, 0.0
     for _ in range(ROUNDS):  # alternating, so that all three meet the same moments of a shared machine
-        rates = [_fit_rate(network, dataset, config.batch_size, epochs=2, callbacks=extra)
+        rates = [_fit_rate(network, dataset, config.batch_size, callbacks=extra)
                  for network, dataset, extra in runs]
         real_rate, cached_rate, plain_rate = (max(pair) for pair in zip((real_rate, cached_rate, plain_rate), rates))
     flops = 3 * forward_flops(model.backbone)
@@ -150,7 +150,7 @@ def train_step_figures(config: Config, source: ImageSource, steps: int) -> dict[
             "achieved_flops_per_s": flops * real_rate}
 
 
-def _best_seconds(*runs: Callable[[], object], repeats: int = 2) -> list[float]:
+def _best_seconds(*runs: Callable[[], object], repeats: int = 5) -> list[float]:
     """The shortest of `repeats` timings of each run, the runs alternating so that both see the
     same moments of a shared machine."""
     best = [math.inf] * len(runs)
@@ -172,7 +172,7 @@ def extraction_figures(backbone: keras.Model, source: ImageSource, image_size: i
         extract = functools.partial(reclustering.extract_shard_to_cache, backbone, source, image_size, batch_size,
                                     (0, source.num_images), path)
         predict = functools.partial(backbone.predict, views, batch_size=batch_size, verbose=0)
-        predict_s, extract_s = _best_seconds(predict, extract, repeats=5)
+        predict_s, extract_s = _best_seconds(predict, extract)
     return {"extraction_images_per_s": source.num_images / extract_s,
             "predict_images_per_s": source.num_images / predict_s}
 
@@ -217,7 +217,7 @@ def clustering_figures(num_points: int, dim: int, k: int, m: int, pca_dim: int, 
                                  ShardedFeatures(cache.array, 0, num_points, Collective()), k, m, pca_dim, niter, 0,
                                  os.path.join(folder, "reduced.npy"))
         bare = functools.partial(bare_faiss_clustering, features, k, m, pca_dim, niter, 0)
-        ours_s, faiss_s = _best_seconds(ours, bare, repeats=5)
+        ours_s, faiss_s = _best_seconds(ours, bare)
     return {"clustering_s": ours_s, "bare_faiss_s": faiss_s}
 
 
@@ -249,5 +249,5 @@ def precision_figures(config: Config, steps: int) -> dict[str, float]:
     rates = dict.fromkeys(runs, 0.0)
     for _ in range(ROUNDS):
         for precision, (model, dataset) in runs.items():
-            rates[precision] = max(rates[precision], _fit_rate(model, dataset, config.batch_size, epochs=2))
+            rates[precision] = max(rates[precision], _fit_rate(model, dataset, config.batch_size))
     return {"float32_images_per_s": rates["float32"], "bf16_images_per_s": rates["mixed_bfloat16"]}

@@ -91,7 +91,7 @@ class _Workspace:
         values = x if len(moved) == len(ids) else x[moved]
         self._scatter(ids[moved], values, 1.0)
         left = previous[moved] >= 0
-        self._scatter(previous[moved][left], values[left] if not left.all() else values, -1.0)
+        self._scatter(previous[moved][left], values[left], -1.0)
 
     def _scatter(self, ids: np.ndarray, x: np.ndarray, sign: float) -> None:
         """Adds sign * each row of x to its cluster's delta, in float64: a (clusters x rows)

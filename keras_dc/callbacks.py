@@ -13,15 +13,14 @@ import tensorflow as tf
 import keras_dc  # noqa: F401  (selects the TensorFlow backend)
 import keras
 
-from keras_dc import checkpoints, hierarchy, model as model_lib, reclustering, sampling
-from keras_dc.checkpoints import Position
+from keras_dc import model as model_lib, reclustering, sampling, workdir as workdir_lib
 from keras_dc.config import Config
 from keras_dc.data import LabelTables
 from keras_dc.distribute import Collective
 from keras_dc.feature_cache import CacheSettings
 from keras_dc.preemption import Preempted, StopRequest
-from keras_dc.reclustering import Assignment
 from keras_dc.sources import ImageSource
+from keras_dc.workdir import Assignment, Position, TrainingCheckpoints
 
 
 class ReclusterCallback(keras.callbacks.Callback):
@@ -64,7 +63,7 @@ class ReclusterCallback(keras.callbacks.Callback):
         self._new_stats = {}
 
     def _activate(self, cycle: int, report: bool, reset: bool) -> None:
-        path = checkpoints.assignment_path(self.workdir, cycle)
+        path = workdir_lib.assignment_path(self.workdir, cycle)
         if self._saved_for_all(path):
             self.assignment = Assignment.load(path)
             self.log(f"clustering: cycle {cycle} assignments loaded from {path}")
@@ -91,13 +90,11 @@ class ReclusterCallback(keras.callbacks.Callback):
     def _previous(self, cycle: int) -> Assignment | None:
         if self.assignment is not None:
             return self.assignment
-        path = checkpoints.assignment_path(self.workdir, cycle - 1)
+        path = workdir_lib.assignment_path(self.workdir, cycle - 1)
         return Assignment.load(path) if cycle > 0 and os.path.exists(path) else None
 
     def _swap_tables(self) -> None:
-        weights = np.ones(self.source.num_images, np.float32)
-        if self.config.sampling == "weighted":
-            weights = sampling.inverse_size_weights(self.cluster_ids, self.config.k)
+        weights = sampling.example_weights(self.config.sampling, self.cluster_ids, self.config.k)
         self.tables.set_assignments(self.assignment.super_ids, self.assignment.sub_ids, weights)
 
     @property
@@ -105,15 +102,8 @@ class ReclusterCallback(keras.callbacks.Callback):
         return self.assignment.cluster_ids(self.config.sub_classes)
 
     def _draw_plan(self, epoch: int) -> None:
-        rng = sampling.epoch_rng(self.config.seed, epoch)
-        size = self.tables.plan_size
-        if self.config.sampling == "uniform":
-            indices = sampling.uniform_plan(self.cluster_ids, self.config.k, size, rng)
-        else:
-            indices = rng.permutation(self.source.num_images)[:size]
-        rotations = np.zeros(size, np.int32)
-        if self.config.rotation:
-            rotations = rng.integers(0, hierarchy.NUM_ROTATIONS, size)
+        indices, rotations = sampling.epoch_plan(self.config.sampling, self.cluster_ids, self.config.k,
+                                                 self.tables.plan_size, self.config.seed, epoch, self.config.rotation)
         self.tables.set_plan(indices, rotations, epoch)
 
     def _report(self, cycle: int) -> None:
@@ -160,7 +150,7 @@ class CheckpointCallback(keras.callbacks.Callback):
     it last, so that the other callbacks have finished an epoch before it is saved.
     """
 
-    def __init__(self, training_checkpoints: checkpoints.TrainingCheckpoints, start: Position,
+    def __init__(self, training_checkpoints: TrainingCheckpoints, start: Position,
                  stop_request: StopRequest | None = None):
         super().__init__()
         self.training_checkpoints = training_checkpoints
@@ -206,7 +196,7 @@ class MetricsFile(keras.callbacks.Callback):
     def on_epoch_end(self, epoch, logs=None):
         record = {"epoch": epoch + 1, **{key: float(value) for key, value in (logs or {}).items()}}
         self.lines.append(json.dumps(record, sort_keys=True) + "\n")
-        checkpoints.atomic_write_bytes(self.path, "".join(self.lines).encode())
+        workdir_lib.atomic_write_bytes(self.path, "".join(self.lines).encode())
 
 
 def _lines_up_to(path: str, last_epoch: int) -> list[str]:

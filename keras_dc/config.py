@@ -7,9 +7,12 @@ print one clear line and stop before any expensive work.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
-import json
 import os
+from collections.abc import Iterator
+
+from keras_dc import hierarchy
 
 SAMPLING_MODES = ("uniform", "weighted", "none")
 PRECISIONS = ("float32", "mixed_bfloat16", "mixed_float16")
@@ -31,6 +34,17 @@ class ConfigError(ValueError):
     def __init__(self, flag: str, message: str):
         super().__init__(f"--{flag}: {message}")
         self.flag = flag
+
+
+@contextlib.contextmanager
+def errors_as_flags(flags: dict[type[Exception], str]) -> Iterator[None]:
+    """Re-raises a domain error of a type in `flags` (the first that matches, in order) as a
+    ConfigError naming that type's flag: how callers that know the flags report the library's errors."""
+    try:
+        yield
+    except tuple(flags) as error:
+        flag = next(flag for kind, flag in flags.items() if isinstance(error, kind))
+        raise ConfigError(flag, str(error)) from None
 
 
 @dataclasses.dataclass
@@ -74,18 +88,20 @@ class Config:
     @property
     def sub_classes(self) -> int:
         """Number of sub-classes per head: k / m."""
-        return self.k // self.super_clusters
+        return hierarchy.sub_classes(self.k, self.super_clusters)
 
     @property
     def super_classes(self) -> int:
         """Number of super-classes S: 4m with rotation, m without."""
-        return self.super_clusters * (4 if self.rotation else 1)
+        return hierarchy.num_super_classes(self.super_clusters, self.rotation)
 
-    def to_json(self) -> str:
-        return json.dumps(dataclasses.asdict(self), indent=2, sort_keys=True)
+    def to_dict(self) -> dict:
+        """Every setting by name, JSON-ready."""
+        return dataclasses.asdict(self)
 
     @classmethod
     def from_dict(cls, values: dict) -> "Config":
+        """The Config of a saved dict; keys that are not settings (e.g. what a workdir adds) are ignored."""
         known = {f.name for f in dataclasses.fields(cls)}
         return cls(**{key: value for key, value in values.items() if key in known})
 
@@ -103,7 +119,8 @@ def validate(config: Config) -> None:
     if not config.data:
         raise ConfigError("data", "is required: digits, synthetic, tfds:NAME[:SPLIT] or a folder of images")
     if config.arch not in backbones.ARCHITECTURES:
-        raise ConfigError("arch", f"unknown backbone {config.arch!r}; choose one of {', '.join(backbones.ARCHITECTURES)}")
+        raise ConfigError("arch", f"unknown backbone {config.arch!r}; "
+                          f"choose one of {', '.join(backbones.ARCHITECTURES)}")
     minimum = backbones.MIN_IMAGE_SIZE[config.arch]
     if config.image_size < minimum:
         raise ConfigError("image_size", f"{config.image_size} is too small for {config.arch}; use at least {minimum}")
@@ -162,26 +179,21 @@ def validate_for_data(config: Config, num_images: int) -> None:
     """Checks the settings that depend on the data set size."""
     if config.k > num_images:
         raise ConfigError("k", f"{config.k} clusters for {num_images} images; k must not exceed the number of images")
-    if config.super_clusters > 1 and config.sub_classes > num_images // config.super_clusters:
+    average = hierarchy.images_per_super_cluster(num_images, config.super_clusters)
+    if config.super_clusters > 1 and config.sub_classes > average:
         raise ConfigError("k", f"{config.sub_classes} sub-clusters per super-cluster is more than the "
-                          f"{num_images // config.super_clusters} images a super-cluster holds on average")
+                          f"{average} images a super-cluster holds on average")
 
 
-def check_resumable(config: Config, workdir_config_path: str, num_images: int | None = None) -> None:
+def check_resumable(config: Config, saved: Config, saved_num_images: int | None, num_images: int | None = None
+                    ) -> None:
     """Refuses to resume a workdir whose saved configuration differs in a key setting, or (when
     num_images is given) whose data had another number of readable images: indices would shift."""
-    if not os.path.exists(workdir_config_path):
-        return
-    try:
-        with open(workdir_config_path) as handle:
-            saved = json.load(handle)
-    except (OSError, json.JSONDecodeError) as error:
-        raise ConfigError("workdir", f"cannot read {workdir_config_path}: {error}") from None
     for key in RESUME_KEYS:
-        if key in saved and saved[key] != getattr(config, key):
-            raise ConfigError(key, f"the workdir {config.workdir} was trained with --{key}={saved[key]}, "
+        if getattr(saved, key) != getattr(config, key):
+            raise ConfigError(key, f"the workdir {config.workdir} was trained with --{key}={getattr(saved, key)}, "
                               f"not {getattr(config, key)}; use another --workdir or the same setting")
-    if num_images is not None and saved.get("num_images", num_images) != num_images:
-        raise ConfigError("data", f"the workdir {config.workdir} was trained on {saved['num_images']} readable "
+    if None not in (num_images, saved_num_images) and saved_num_images != num_images:
+        raise ConfigError("data", f"the workdir {config.workdir} was trained on {saved_num_images} readable "
                           f"images, {config.data} now has {num_images} (files added, removed or damaged); "
                           f"restore the data or use another --workdir")

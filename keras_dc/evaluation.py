@@ -10,7 +10,7 @@ import numpy as np
 from scipy.optimize import linear_sum_assignment
 from sklearn import metrics
 
-from keras_dc import clustering
+from keras_dc import kmeans
 from keras_dc.pca import l2_normalize
 
 KNN_NEIGHBOURS = 20
@@ -86,6 +86,6 @@ def cluster_metrics(labels: np.ndarray, clusters: np.ndarray) -> dict:
 
 def kmeans_cluster_metrics(features: np.ndarray, labels: np.ndarray, k: int, pca_dim: int, iterations: int,
                            seed: int) -> dict:
-    """Clusters features the way training does (PCA-whitening, L2, k-means) and scores them against labels."""
-    result, _, _ = clustering.cluster_features(features, k, 1, pca_dim, iterations, seed)
+    """Clusters features the way training does (PCA-whitening, L2, the same k-means) and scores them against labels."""
+    result, _, _ = kmeans.cluster_array(features, k, 1, pca_dim, iterations, seed)
     return {**cluster_metrics(labels, result.cluster_ids), "k": int(k), "pca_dim": int(pca_dim)}

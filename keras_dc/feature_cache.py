@@ -20,10 +20,14 @@ from collections.abc import Iterator, Sequence
 import numpy as np
 import tensorflow as tf
 
-from keras_dc.config import CACHE_DTYPES, ConfigError
+from keras_dc.config import CACHE_DTYPES
 from keras_dc.distribute import Collective
 
 CHUNK_ELEMENTS = 2**24  # 64 MB of float32 per chunk read from a cache
+
+
+class CacheBudgetError(ValueError):
+    """The feature caches of a worker would exceed the size it may use."""
 
 
 @dataclasses.dataclass
@@ -104,7 +108,7 @@ class ShardedFeatures:
 
     Indexing with global row numbers, `features[rows]`, gathers those rows from
     whichever worker holds them (a collective call: every worker must make it), so
-    array code such as clustering.split_empty_clusters runs unchanged on shards.
+    array code such as kmeans.split_empty_clusters runs unchanged on shards.
     """
 
     rows: np.ndarray
@@ -174,13 +178,13 @@ def clustering_widths(feature_dim: int, pca_dim: int) -> tuple[int, int, int]:
 
 
 def check_cache_budget(rows: int, dims: Sequence[int], settings: CacheSettings) -> None:
-    """Raises a ConfigError naming --max_cache_gb when this worker's caches would exceed the limit."""
+    """Raises a CacheBudgetError when this worker's caches would exceed the limit (settings.max_gb)."""
     needed = cache_gb(rows, dims, settings.dtype)
     if settings.max_gb and needed > settings.max_gb:
         widths = " + ".join(str(dim) for dim in dims)
-        raise ConfigError("max_cache_gb", f"the feature caches of this worker need {needed:.2f} GB ({rows} rows x "
+        raise CacheBudgetError(f"the feature caches of this worker need {needed:.2f} GB ({rows} rows x "
                           f"({widths}) dims x {settings.dtype}), more than the limit of {settings.max_gb:g} GB; "
-                          f"raise the limit, store float16, use more workers or a smaller --pca_dim")
+                          f"raise the limit, store float16, use more workers or a smaller PCA dimension")
 
 
 _INFERENCE_FUNCTIONS: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()

@@ -15,8 +15,6 @@ import keras
 
 from keras_dc import heads
 
-TARGET_KEYS = ("super", "sub", "weight", "index")
-
 
 class DeeperClusterModel(keras.Model):
     """Functional model with a custom train step computing both losses and top-1s."""
@@ -59,12 +57,6 @@ class DeeperClusterModel(keras.Model):
         self._update_metrics(outputs, targets, losses)
         return {name: tracker.result() for name, tracker in self._trackers.items()}
 
-    def test_step(self, data):
-        images, targets = data
-        outputs = self({"image": images, "route": targets["super"]}, training=False)
-        self._update_metrics(outputs, targets, self._per_example_losses(outputs, targets))
-        return {name: tracker.result() for name, tracker in self._trackers.items()}
-
     @staticmethod
     def _per_example_losses(outputs, targets) -> dict:
         return {key: keras.losses.sparse_categorical_crossentropy(targets[key], outputs[key], from_logits=True)
@@ -96,6 +88,9 @@ def optimizer_slots(optimizer: keras.optimizers.Optimizer, variable) -> list:
     inner = getattr(optimizer, "inner_optimizer", optimizer)
     if not inner.built:
         return []
+    # Private: Keras 3 has no public map from a variable to its slots (the slot lists follow the
+    # order of the built variables, and only this method knows a variable's position).
+    # tests/test_model.py::test_private_keras_apis_still_exist fails loudly if it changes.
     index = inner._get_variable_index(variable)
     slots = []
     for name in ("momentums", "_momentums", "_velocities", "velocities"):

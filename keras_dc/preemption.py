@@ -13,7 +13,7 @@ import signal
 import threading
 from collections.abc import Iterator
 
-from keras_dc.checkpoints import Position
+from keras_dc.workdir import Position
 
 
 class Preempted(Exception):

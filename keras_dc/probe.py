@@ -23,11 +23,18 @@ import keras_dc  # noqa: F401  (selects the TensorFlow backend)
 import keras
 
 from keras_dc import data, evaluation
-from keras_dc.config import ConfigError
 from keras_dc.sources import ImageSource
 
 FEATURES = "features"  # tap-model output holding the backbone's own output (fc7)
 _STD_FLOOR = 1e-6
+
+
+class PoolingError(ValueError):
+    """A probed layer has more channels than the values a probe may take (max_dim)."""
+
+
+class FoldError(ValueError):
+    """A class has fewer training images than the folds that choose the learning rate."""
 
 
 @dataclasses.dataclass
@@ -50,7 +57,7 @@ class ProbeSettings:
 def pool_size(height: int, width: int, channels: int, max_dim: int) -> int:
     """Smallest average-pool window (stride = window, 'same' padding) leaving at most max_dim values."""
     if channels > max_dim:
-        raise ConfigError("max_dim", f"{max_dim} is less than the {channels} channels of a probed layer")
+        raise PoolingError(f"{max_dim} is less than the {channels} channels of a probed layer")
     size = 1
     while math.ceil(height / size) * math.ceil(width / size) * channels > max_dim:
         size += 1
@@ -156,7 +163,7 @@ def choose_learning_rates(features: dict[str, np.ndarray], labels: np.ndarray, n
         return {name: {"lr": settings.lrs[0]} for name in features}
     smallest_class = int(np.unique(labels, return_counts=True)[1].min())
     if smallest_class < settings.kfold:
-        raise ConfigError("kfold", f"{settings.kfold} folds, but a class has only {smallest_class} training images")
+        raise FoldError(f"{settings.kfold} folds, but a class has only {smallest_class} training images")
     heads = [(name, lr) for name in features for lr in settings.lrs]
     correct = np.zeros(len(heads))
     folds = StratifiedKFold(settings.kfold, shuffle=True, random_state=settings.seed)

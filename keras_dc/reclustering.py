@@ -6,8 +6,6 @@ own. The result is what a cycle saves to disk: assignments, PCA and figures.
 
 from __future__ import annotations
 
-import dataclasses
-import json
 import os
 import time
 from typing import Callable
@@ -18,37 +16,11 @@ from sklearn import metrics
 import keras_dc  # noqa: F401  (selects the TensorFlow backend)
 import keras
 
-from keras_dc import checkpoints, data, distribute, distributed_kmeans, feature_cache, hierarchy
+from keras_dc import data, distribute, feature_cache, kmeans
 from keras_dc.config import Config
 from keras_dc.feature_cache import CacheSettings, FeatureCache, ShardedFeatures
-from keras_dc.pca import PCA
 from keras_dc.sources import ImageSource
-
-
-@dataclasses.dataclass
-class Assignment:
-    """The pseudo-labels of one cycle: super-cluster and local sub-cluster of every image."""
-
-    super_ids: np.ndarray
-    sub_ids: np.ndarray
-    stats: dict
-    pca: PCA | None = None
-
-    def cluster_ids(self, sub_classes: int) -> np.ndarray:
-        return hierarchy.global_cluster_ids(self.super_ids.astype(np.int64), self.sub_ids, sub_classes)
-
-    def save(self, path: str) -> None:
-        arrays = {"super_ids": self.super_ids.astype(np.int32), "sub_ids": self.sub_ids.astype(np.int32),
-                  "stats_json": np.array(json.dumps(self.stats))}
-        if self.pca is not None:
-            arrays.update(self.pca.to_arrays())
-        checkpoints.save_npz(path, **arrays)
-
-    @classmethod
-    def load(cls, path: str) -> "Assignment":
-        arrays = checkpoints.load_npz(path)
-        pca = PCA.from_arrays(arrays) if "pca_mean" in arrays else None
-        return cls(arrays["super_ids"], arrays["sub_ids"], json.loads(str(arrays["stats_json"])), pca)
+from keras_dc.workdir import Assignment
 
 
 def cycle_seed(seed: int, cycle: int, salt: int) -> int:
@@ -85,7 +57,7 @@ def recluster(backbone: keras.Model, source: ImageSource, config: Config, cycle:
         log(f"clustering: extracted {rows[1] - rows[0]} x {raw.shape[1]} features on worker "
             f"{collective.worker} of {collective.workers} in {extract_seconds:.2f} s")
         try:
-            result, pca, timings = distributed_kmeans.cluster_features(
+            result, pca, timings = kmeans.cluster_features(
                 ShardedFeatures(raw.array, rows[0], source.num_images, collective), config.k,
                 config.super_clusters, config.pca_dim, config.kmeans_iters, cycle_seed(config.seed, cycle, 1),
                 prefix + "_reduced.npy", pca_sample=config.pca_sample or None, dtype=settings.dtype, log=log)

@@ -1,9 +1,12 @@
 """Sampling uniform over pseudo-labels, or the equivalent loss weights, so that training
-cannot collapse onto a few large clusters (METHOD.md, "Avoiding trivial solutions")."""
+cannot collapse onto a few large clusters (METHOD.md, "Avoiding trivial solutions"), and the
+rotations each epoch shows: the sampling policy of --sampling, which the callback only applies."""
 
 from __future__ import annotations
 
 import numpy as np
+
+from keras_dc import hierarchy
 
 
 def epoch_rng(seed: int, epoch: int) -> np.random.Generator:
@@ -53,3 +56,27 @@ def inverse_size_weights(cluster_ids: np.ndarray, num_clusters: int) -> np.ndarr
     num_nonempty = np.count_nonzero(counts)
     weights = len(cluster_ids) / (num_nonempty * counts[cluster_ids].astype(np.float64))
     return weights.astype(np.float32)
+
+
+def example_weights(mode: str, cluster_ids: np.ndarray, num_clusters: int) -> np.ndarray:
+    """Per-example float32 loss weights of a sampling mode: inverse cluster size for "weighted",
+    1 for "uniform" (the plan balances the clusters) and "none"."""
+    if mode == "weighted":
+        return inverse_size_weights(cluster_ids, num_clusters)
+    return np.ones(len(cluster_ids), np.float32)
+
+
+def epoch_plan(mode: str, cluster_ids: np.ndarray, num_clusters: int, size: int, seed: int, epoch: int,
+               rotation: bool) -> tuple[np.ndarray, np.ndarray]:
+    """The `size` example indices and rotations of one epoch, drawn from (seed, epoch) alone:
+    uniform over clusters for "uniform", a random permutation otherwise; rotations in [0, 4)
+    with rotation, else 0."""
+    rng = epoch_rng(seed, epoch)
+    if mode == "uniform":
+        indices = uniform_plan(cluster_ids, num_clusters, size, rng)
+    else:
+        indices = rng.permutation(len(cluster_ids))[:size]
+    rotations = np.zeros(size, np.int32)
+    if rotation:
+        rotations = rng.integers(0, hierarchy.NUM_ROTATIONS, size)
+    return indices, rotations

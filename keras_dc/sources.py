@@ -1,4 +1,4 @@
-"""Where images come from: the `--data` specification turned into an ImageSource.
+"""Where images come from: a data specification (digits, synthetic, tfds:NAME, a folder) turned into an ImageSource.
 
 Every source is indexable: image n is always image n, whatever the shuffling,
 so that the index-to-label tables stay valid. Nothing is downloaded here.
@@ -15,10 +15,16 @@ import os
 import numpy as np
 import tensorflow as tf
 
-from keras_dc.config import ConfigError
-
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".gif", ".webp")
 SYNTHETIC_CLASSES = 10
+
+
+class SourceError(ValueError):
+    """A data specification that names no readable images."""
+
+
+class DataDirError(SourceError):
+    """A TFDS data set was named without the folder where it was prepared."""
 
 
 @dataclasses.dataclass
@@ -115,16 +121,16 @@ def synthetic_source(num_images: int, image_size: int, seed: int = 0) -> ImageSo
 def folder_source(path: str) -> ImageSource:
     """Every image file below `path`; first-level subfolders, if any, name the classes."""
     if not os.path.isdir(path):
-        raise ConfigError("data", f"{path!r} is not digits, synthetic, tfds:NAME or an existing folder")
+        raise SourceError(f"{path!r} is not digits, synthetic, tfds:NAME or an existing folder")
     files = sorted(os.path.join(root, name) for root, _, names in os.walk(path) for name in names
                    if name.lower().endswith(IMAGE_EXTENSIONS))
     if not files:
-        raise ConfigError("data", f"no image files ({', '.join(IMAGE_EXTENSIONS)}) found below {path}")
+        raise SourceError(f"no image files ({', '.join(IMAGE_EXTENSIONS)}) found below {path}")
     mask = readable(np.array(files))
     unreadable = tuple(name for name, ok in zip(files, mask) if not ok)
     files = [name for name, ok in zip(files, mask) if ok]
     if not files:
-        raise ConfigError("data", f"none of the {len(unreadable)} image files below {path} can be decoded "
+        raise SourceError(f"none of the {len(unreadable)} image files below {path} can be decoded "
                           f"(first: {unreadable[0]})")
     top = [os.path.relpath(name, path).split(os.sep)[0] for name in files]
     has_classes = all(os.path.isdir(os.path.join(path, folder)) for folder in top)
@@ -141,7 +147,7 @@ def tfds_source(spec: str, image_size: int, data_dir: str) -> ImageSource:
     parts = spec.split(":")
     name, split = parts[1], (parts[2] if len(parts) > 2 else "train")
     if not data_dir or not os.path.isdir(data_dir):
-        raise ConfigError("tfds_data_dir", f"needs the folder where {name} was prepared "
+        raise DataDirError(f"needs the folder where {name} was prepared "
                           f"(prepare it once with: tfds build {name} --data_dir=DIR)")
     import tensorflow_datasets as tfds
 
@@ -149,7 +155,7 @@ def tfds_source(spec: str, image_size: int, data_dir: str) -> ImageSource:
         builder = tfds.builder(name, data_dir=data_dir)
         dataset = builder.as_dataset(split=split, shuffle_files=False)
     except Exception as error:  # noqa: BLE001 - TFDS raises many types for a missing preparation
-        raise ConfigError("data", f"cannot read {name}:{split} from {data_dir} ({type(error).__name__}); "
+        raise SourceError(f"cannot read {name}:{split} from {data_dir} ({type(error).__name__}); "
                           f"prepare it with: tfds build {name} --data_dir={data_dir}") from None
     images, labels = [], []
     for example in dataset.as_numpy_iterator():

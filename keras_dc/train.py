@@ -2,9 +2,8 @@
 
 from __future__ import annotations
 
-import dataclasses
+import contextlib
 import functools
-import os
 from typing import Callable
 
 import tensorflow as tf
@@ -12,14 +11,13 @@ import tensorflow as tf
 import keras_dc  # noqa: F401  (selects the TensorFlow backend)
 import keras
 
-from keras_dc import (backbones, callbacks, checkpoints, clustering, config as config_lib, data, distribute,
-                      feature_cache, preemption)
-from keras_dc.checkpoints import Position
+from keras_dc import (backbones, callbacks, config as config_lib, data, distribute, feature_cache, kmeans,
+                      preemption, workdir as workdir_lib)
 from keras_dc.config import Config, ConfigError
 from keras_dc.eval_callback import EvaluationCallback
 from keras_dc.model import DeeperClusterModel
-from keras_dc.reclustering import Assignment
-from keras_dc.sources import ImageSource, load_source
+from keras_dc.sources import DataDirError, ImageSource, SourceError, load_source
+from keras_dc.workdir import Position, TrainingCheckpoints, WorkdirError
 
 UNREADABLE_SHOWN = 5  # unreadable file paths named in the log and TensorBoard
 
@@ -44,11 +42,26 @@ def build_model(config: Config, sync_batchnorm: bool = False) -> DeeperClusterMo
     return model
 
 
+def setting_errors(data_field: str = "data") -> contextlib.AbstractContextManager:
+    """Turns the domain errors of the data, the workdir and the feature caches into ConfigErrors
+    naming the Config field to fix (data_field for the data a source was loaded from)."""
+    return config_lib.errors_as_flags({DataDirError: "tfds_data_dir", SourceError: data_field,
+                                       feature_cache.CacheBudgetError: "max_cache_gb", WorkdirError: "workdir"})
+
+
+def check_resumable(config: Config, num_images: int | None = None) -> None:
+    """Refuses a workdir saved with other key settings (or, given num_images, another image count)."""
+    with setting_errors():
+        saved = workdir_lib.saved_run(config.workdir)
+    if saved is not None:
+        config_lib.check_resumable(config, saved.config, saved.num_images, num_images)
+
+
 def check_settings(config: Config) -> tf.distribute.Strategy:
     """Every check that needs no data (flags, the workdir's saved settings, replicas), before
     anything expensive; returns the strategy to train with."""
     config_lib.validate(config)
-    config_lib.check_resumable(config, checkpoints.config_path(config.workdir))
+    check_resumable(config)
     strategy = distribute.get_strategy(config.strategy)
     replicas = strategy.num_replicas_in_sync
     if config.batch_size % replicas:
@@ -61,15 +74,17 @@ def check_settings(config: Config) -> tf.distribute.Strategy:
 
 def prepare_data(config: Config, log: Callable[[str], None] = print) -> ImageSource:
     """Loads the source and checks the settings that depend on it (after check_settings)."""
-    source = load_source(config.data, config.image_size, config.tfds_data_dir, config.synthetic_size, config.seed)
+    with setting_errors():
+        source = load_source(config.data, config.image_size, config.tfds_data_dir, config.synthetic_size,
+                             config.seed)
     config_lib.validate_for_data(config, source.num_images)
-    config_lib.check_resumable(config, checkpoints.config_path(config.workdir), source.num_images)
+    check_resumable(config, source.num_images)
     if config.batch_size > source.num_images:
         raise ConfigError("batch_size", f"{config.batch_size} is larger than the {source.num_images} images")
     if source.unreadable:
         log(f"data: skipped {len(source.unreadable)} unreadable files; first ones: "
             f"{', '.join(source.unreadable[:UNREADABLE_SHOWN])}")
-    for warning in clustering.warn_small_clusters(source.num_images, config.k, config.super_clusters):
+    for warning in kmeans.warn_small_clusters(source.num_images, config.k, config.super_clusters):
         log(f"warning: {warning}")
     return source
 
@@ -94,20 +109,19 @@ def train(config: Config, source: ImageSource | None = None, log: Callable[[str]
                                      rotation=config.rotation, seed=config.seed,
                                      min_crop_scale=config.min_crop_scale, flip=config.flip)
     dataset = make_dataset(batch_size=config.batch_size)
-    training_checkpoints = checkpoints.TrainingCheckpoints(config.workdir, model, int(dataset.cardinality()))
-    start = training_checkpoints.restore()
+    training_checkpoints = TrainingCheckpoints(config.workdir, model, int(dataset.cardinality()))
+    with setting_errors():
+        start = training_checkpoints.restore()
     if chief:
-        checkpoints.write_json(checkpoints.config_path(config.workdir),
-                               {**dataclasses.asdict(config), "source": source.description,
-                                "num_images": source.num_images})
-        write_data_summary(source, os.path.join(config.workdir, "tensorboard", "data"))
+        workdir_lib.write_config(config.workdir, config, source.description, source.num_images)
+        write_data_summary(source, workdir_lib.tensorboard_dir(config.workdir, "data"))
     if start != Position(0):
         log(f"resuming {config.workdir} after epoch {start.epoch}" + (f", batch {start.step}" if start.step else ""))
     if start.epoch < config.epochs:
         single_process = not isinstance(strategy, tf.distribute.MultiWorkerMirroredStrategy)
         with preemption.sigterm_requests(enabled=single_process) as stop_request, \
                 distribute.checkpoint_write_dir(config.workdir, chief) as write_dir:
-            saver = training_checkpoints if chief else checkpoints.TrainingCheckpoints(
+            saver = training_checkpoints if chief else TrainingCheckpoints(
                 write_dir, model, training_checkpoints.steps_per_epoch)
             callback_list = run_callbacks(config, source, tables, saver, start, stop_request, log, strategy,
                                           cache, evaluation)
@@ -146,7 +160,7 @@ def worker_dataset(strategy: tf.distribute.Strategy, dataset: tf.data.Dataset,
 
 
 def run_callbacks(config: Config, source: ImageSource, tables: data.LabelTables,
-                  training_checkpoints: checkpoints.TrainingCheckpoints, start: Position,
+                  training_checkpoints: TrainingCheckpoints, start: Position,
                   stop_request: preemption.StopRequest | None, log: Callable[[str], None],
                   strategy: tf.distribute.Strategy | None = None, cache: feature_cache.CacheSettings | None = None,
                   evaluation: EvaluationCallback | None = None) -> list[keras.callbacks.Callback]:
@@ -155,9 +169,9 @@ def run_callbacks(config: Config, source: ImageSource, tables: data.LabelTables,
     logged). Only the chief (worker 0) writes the metrics file and TensorBoard logs."""
     collective = distribute.Collective(strategy)
     chief = collective.worker == 0
-    board = os.path.join(config.workdir, "tensorboard")
-    writer = tf.summary.create_file_writer(os.path.join(board, "clustering")) if chief else None
-    logs = [callbacks.MetricsFile(os.path.join(config.workdir, "metrics.jsonl"), start.epoch),
+    board = workdir_lib.tensorboard_dir(config.workdir)
+    writer = tf.summary.create_file_writer(workdir_lib.tensorboard_dir(config.workdir, "clustering")) if chief else None
+    logs = [callbacks.MetricsFile(workdir_lib.metrics_path(config.workdir), start.epoch),
             keras.callbacks.TensorBoard(board, write_graph=False, profile_batch=0)] if chief else []
     return [
         callbacks.StopOnNonFiniteLoss(),
@@ -173,11 +187,12 @@ def run_callbacks(config: Config, source: ImageSource, tables: data.LabelTables,
 def cache_settings(config: Config, strategy: tf.distribute.Strategy, num_images: int) -> feature_cache.CacheSettings:
     """Where and how this worker caches features while clustering; refuses, before training, a run
     whose caches would exceed --max_cache_gb."""
-    folder = config.feature_cache_dir or os.path.join(config.workdir, "feature_cache")
+    folder = config.feature_cache_dir or workdir_lib.feature_cache_dir(config.workdir)
     settings = feature_cache.CacheSettings(folder, config.feature_cache_dtype, config.max_cache_gb)
     start, stop = feature_cache.shard_bounds(num_images, *distribute.worker_position(strategy))
     widths = feature_cache.clustering_widths(backbones.FEATURE_DIM[config.arch], config.pca_dim)
-    feature_cache.check_cache_budget(stop - start, widths, settings)
+    with setting_errors():
+        feature_cache.check_cache_budget(stop - start, widths, settings)
     return settings
 
 
@@ -189,11 +204,9 @@ def evaluation_callback(config: Config, source: ImageSource) -> EvaluationCallba
         raise ConfigError("eval_every", f"needs labelled images, and {source.description} has no labels")
     val_source = None
     if config.eval_data:
-        try:
+        with setting_errors(data_field="eval_data"):
             val_source = load_source(config.eval_data, config.image_size, config.tfds_data_dir,
                                      config.synthetic_size, config.seed + 1)
-        except ConfigError as error:
-            raise ConfigError("eval_data", str(error).removeprefix("--data: ")) from None
         if val_source.labels is None:
             raise ConfigError("eval_data", f"{val_source.description} has no labels")
     return EvaluationCallback(source, val_source, config.eval_every)
@@ -212,33 +225,22 @@ def write_data_summary(source: ImageSource, folder: str) -> None:
 
 def export_backbone(backbone: keras.Model, config: Config, source: ImageSource) -> str:
     """Saves the feature extractor (normalisation and Sobel included) with its description."""
-    path = os.path.join(config.workdir, "backbone.keras")
-    temporary = path + ".tmp.keras"
-    backbone.save(temporary)
-    os.replace(temporary, path)
-    checkpoints.write_json(os.path.join(config.workdir, "backbone.json"), {
+    return workdir_lib.save_backbone(config.workdir, backbone, {
         "arch": config.arch, "image_size": config.image_size, "sobel": config.sobel,
         "input": "RGB float32 in [0, 255], shape (image_size, image_size, 3)",
         "output": "features before the final ReLU (fc7)", "epochs": config.epochs,
         "k": config.k, "super_clusters": config.super_clusters, "data": source.description})
-    return path
-
-
-def latest_assignment(workdir: str, first: bool = False) -> Assignment | None:
-    """The most recent (or with `first`, the earliest) cycle's assignments saved in a workdir, if any."""
-    cycles = checkpoints.saved_cycles(workdir)
-    return Assignment.load(checkpoints.assignment_path(workdir, cycles[0 if first else -1])) if cycles else None
 
 
 def summary(config: Config) -> dict:
     """Where the outputs are, and the first and last clusterings' figures."""
     workdir = config.workdir
-    latest, first = latest_assignment(workdir), latest_assignment(workdir, first=True)
+    latest, first = workdir_lib.latest_assignment(workdir), workdir_lib.latest_assignment(workdir, first=True)
     return {
-        "tensorboard": os.path.join(workdir, "tensorboard"),
-        "checkpoints": os.path.join(workdir, "checkpoints"),
-        "backbone": os.path.join(workdir, "backbone.keras"),
-        "metrics": os.path.join(workdir, "metrics.jsonl"),
-        "final_stats": latest.stats if latest else {},
-        "first_stats": first.stats if first else {},
+        "tensorboard": workdir_lib.tensorboard_dir(workdir),
+        "checkpoints": workdir_lib.checkpoints_dir(workdir),
+        "backbone": workdir_lib.backbone_path(workdir),
+        "metrics": workdir_lib.metrics_path(workdir),
+        "final_stats": latest[1].stats if latest else {},
+        "first_stats": first[1].stats if first else {},
     }

@@ -20,10 +20,9 @@ from tensorboard.plugins import projector
 import keras_dc.layers  # noqa: F401  (registers the backbone's custom layers before loading it)
 import keras
 
-from keras_dc import checkpoints, data
-from keras_dc.config import ConfigError
-from keras_dc.reclustering import Assignment
+from keras_dc import data, workdir as workdir_lib
 from keras_dc.sources import ImageSource, load_source
+from keras_dc.workdir import Assignment, WorkdirError
 
 SELECTIONS = ("largest", "smallest", "random")
 GRID_PADDING = 2
@@ -149,10 +148,10 @@ def projector_metadata(indices: np.ndarray, cluster_ids: np.ndarray, source: Ima
 
 def latest_cycle(workdir: str) -> tuple[int, Assignment]:
     """The number and assignments of the workdir's latest re-clustering."""
-    cycles = checkpoints.saved_cycles(workdir)
-    if not cycles:
-        raise ConfigError("workdir", f"{workdir} has no assignments/cycle_*.npz yet")
-    return cycles[-1], Assignment.load(checkpoints.assignment_path(workdir, cycles[-1]))
+    latest = workdir_lib.latest_assignment(workdir)
+    if latest is None:
+        raise WorkdirError(f"{workdir} has no assignments/cycle_*.npz yet")
+    return latest
 
 
 def projector_features(backbone: keras.Model, views: np.ndarray, assignment: Assignment) -> np.ndarray:
@@ -167,30 +166,27 @@ def visualize_run(workdir: str, selections: list[str], count: int, samples: int,
 
     TensorBoard files go to workdir/tensorboard/clusters; returns what was drawn and written.
     """
-    config = checkpoints.read_run_config(workdir)
+    config = workdir_lib.read_run(workdir).config
     cycle, assignment = latest_cycle(workdir)
-    cluster_ids = assignment.cluster_ids(config["k"] // config["super_clusters"])
-    source = load_source(config["data"], config["image_size"], config["tfds_data_dir"], config["synthetic_size"],
-                         config["seed"])
-    grids = cluster_grids(source, cluster_ids, config["image_size"], selections, count, samples, seed)
+    cluster_ids = assignment.cluster_ids(config.sub_classes)
+    source = load_source(config.data, config.image_size, config.tfds_data_dir, config.synthetic_size, config.seed)
+    grids = cluster_grids(source, cluster_ids, config.image_size, selections, count, samples, seed)
     for how, entry in grids.items():
         entry["png"] = os.path.join(output_dir, f"{how}.png")
         save_png(entry["grid"], entry["png"])
-    logdir = os.path.join(workdir, "tensorboard", "clusters")
+    logdir = workdir_lib.tensorboard_dir(workdir, "clusters")
     write_image_summaries(logdir, {how: entry.pop("grid") for how, entry in grids.items()}, cycle)
     summary = {"cycle": cycle, "grids": grids, "tensorboard": logdir}
     if projector_samples:
         summary["projector_images"] = export_run_sample(workdir, source, assignment, cluster_ids,
-                                                        config["image_size"], projector_samples, logdir, seed)
+                                                        config.image_size, projector_samples, logdir, seed)
     return summary
 
 
 def export_run_sample(workdir: str, source: ImageSource, assignment: Assignment, cluster_ids: np.ndarray,
                       image_size: int, count: int, folder: str, seed: int = 0) -> int:
     """Projector export of `count` random images with the workdir's exported backbone; returns the number."""
-    path = os.path.join(workdir, "backbone.keras")
-    if not os.path.isfile(path):
-        raise ConfigError("workdir", f"{path} does not exist (it is written when training finishes)")
+    path = workdir_lib.existing_backbone(workdir)
     indices = np.sort(np.random.default_rng(seed).choice(source.num_images, min(count, source.num_images),
                                                          replace=False))
     views = load_views(source, indices, image_size)

@@ -5,7 +5,7 @@
 SIGNAL (KILL or TERM) is sent the COUNT-th time the run reaches POINT:
     batch       the end of a training batch
     extract     a batch of feature extraction leaving the input pipeline
-    kmeans      the start of a flat k-means (distributed_kmeans.kmeans), after the PCA; the
+    kmeans      the start of a flat k-means (kmeans.kmeans), after the PCA; the
                 hierarchical k-means runs one for the super-clusters, then all sub-clusters at once
     checkpoint  a checkpoint's files written, not yet recorded; they are first cut to half
                 their size, as a kill in the middle of writing them would leave them
@@ -25,7 +25,7 @@ sys.path.insert(0, ROOT)
 import tensorflow as tf  # noqa: E402
 
 import keras  # noqa: E402
-from keras_dc import checkpoints, data, distributed_kmeans, train  # noqa: E402
+from keras_dc import data, kmeans, train, workdir  # noqa: E402
 
 
 class Trigger:
@@ -68,15 +68,15 @@ def patch(point: str, trigger: Trigger) -> None:
 
         data.clustering_dataset = counted
     elif point == "kmeans":
-        kmeans = distributed_kmeans.kmeans
+        flat_kmeans = kmeans.kmeans
 
         def counted(*args, **kwargs):
             trigger.arrive()
-            return kmeans(*args, **kwargs)
+            return flat_kmeans(*args, **kwargs)
 
-        distributed_kmeans.kmeans = counted
+        kmeans.kmeans = counted
     elif point == "checkpoint":
-        sync = checkpoints.sync_checkpoint
+        sync = workdir.sync_checkpoint
 
         def damaged(prefix):
             if trigger.seen + 1 == trigger.count:
@@ -85,7 +85,7 @@ def patch(point: str, trigger: Trigger) -> None:
             trigger.arrive()
             sync(prefix)
 
-        checkpoints.sync_checkpoint = damaged
+        workdir.sync_checkpoint = damaged
 
 
 def main() -> None:

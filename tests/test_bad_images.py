@@ -12,8 +12,8 @@ import tensorflow as tf
 from PIL import Image
 
 from keras_dc import sources, train
-from keras_dc.config import ConfigError
-from keras_dc.reclustering import Assignment
+from keras_dc.config import Config, ConfigError
+from keras_dc.workdir import Assignment
 
 GOOD_PER_CLASS = 29
 
@@ -79,6 +79,8 @@ def _scalar(folder, tag):
 def test_a_folder_without_any_readable_image_is_a_clear_error(tmp_path):
     (tmp_path / "one.jpg").write_bytes(b"")
     (tmp_path / "two.png").write_bytes(b"\x89PNG\r\n")
-    with pytest.raises(ConfigError, match="--data: none of the 2 image files below .* can be decoded") as error:
+    with pytest.raises(sources.SourceError, match="none of the 2 image files below .* can be decoded"):
         sources.load_source(str(tmp_path), image_size=16)
+    with pytest.raises(ConfigError, match="--data: none of the 2") as error:
+        train.prepare_data(Config(workdir=str(tmp_path / "run"), data=str(tmp_path), image_size=16))
     assert error.value.flag == "data"

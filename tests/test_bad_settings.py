@@ -6,11 +6,12 @@ import json
 import os
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 
 from conftest import ROOT
-from keras_dc import config as config_lib
+from keras_dc import config as config_lib, train
 from keras_dc.config import Config, ConfigError
 
 BASE = ["--data=synthetic", "--synthetic_size=96", "--arch=small", "--image_size=16", "--batch_size=16", "--k=8",
@@ -108,13 +109,20 @@ def test_a_file_is_not_a_workdir(tiny_config, tmp_path):
     ({"num_images": 95}, "data"),
 ])
 def test_resume_refuses_other_cycle_length_batch_size_or_image_count(tiny_config, tmp_path, saved, flag):
-    path = tmp_path / "config.json"
-    path.write_text(json.dumps({**dataclasses.asdict(tiny_config), **saved}))
+    os.makedirs(tiny_config.workdir)
+    (Path(tiny_config.workdir) / "config.json").write_text(json.dumps({**dataclasses.asdict(tiny_config), **saved}))
     with pytest.raises(ConfigError) as error:
-        config_lib.check_resumable(tiny_config, str(path), num_images=96)
+        train.check_resumable(tiny_config, num_images=96)
     assert error.value.flag == flag
     matching = dataclasses.replace(tiny_config, **{key: value for key, value in saved.items() if key != "num_images"})
-    config_lib.check_resumable(matching, str(path), num_images=saved.get("num_images", 96))
+    train.check_resumable(matching, num_images=saved.get("num_images", 96))
+
+
+def test_an_unreadable_workdir_config_names_the_workdir(tiny_config):
+    os.makedirs(tiny_config.workdir)
+    (Path(tiny_config.workdir) / "config.json").write_text("{not json")
+    with pytest.raises(ConfigError, match="--workdir: cannot read"):
+        train.check_resumable(tiny_config)
 
 
 def test_default_config_is_valid(tmp_path):

@@ -28,7 +28,7 @@ def test_forward_flops_of_a_known_network():
     import keras_dc  # noqa: F401
     import keras
 
-    from keras_dc.benchmark import forward_flops
+    from keras_dc.bench.benchmark import forward_flops
 
     image = keras.Input((8, 8, 3))
     x = keras.layers.Conv2D(4, 3, padding="same")(image)

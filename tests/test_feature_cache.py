@@ -7,10 +7,11 @@ import tensorflow as tf
 import keras_dc  # noqa: F401
 import keras
 
+from keras_dc import train
 from keras_dc.config import ConfigError
 from keras_dc.distribute import Collective
-from keras_dc.feature_cache import (CacheSettings, CacheWriter, FeatureCache, ShardedFeatures, cache_gb,
-                                    check_cache_budget, extract_to_cache, shard_bounds)
+from keras_dc.feature_cache import (CacheBudgetError, CacheSettings, CacheWriter, FeatureCache, ShardedFeatures,
+                                    cache_gb, check_cache_budget, extract_to_cache, shard_bounds)
 
 
 @pytest.mark.parametrize("dtype", ["float32", "float16"])
@@ -56,13 +57,15 @@ def test_shards_cover_every_row_once_with_sizes_within_one(rows, workers):
     assert max(sizes) - min(sizes) <= 1
 
 
-def test_size_guard_names_the_flag_and_the_sizes():
+def test_size_guard_names_the_sizes_and_training_names_the_flag():
     assert cache_gb(1_000_000, (4096, 256), "float16") == pytest.approx(8.704)
     check_cache_budget(1000, (64,), CacheSettings("/unused", max_gb=0.0))
     check_cache_budget(1000, (64,), CacheSettings("/unused", max_gb=0.001))
-    with pytest.raises(ConfigError, match="--max_cache_gb: .*1.06 GB.*1000000 rows x \\(256 \\+ 8\\)") as error:
+    with pytest.raises(CacheBudgetError, match="1.06 GB.*1000000 rows x \\(256 \\+ 8\\)") as error:
         check_cache_budget(1_000_000, (256, 8), CacheSettings("/unused", max_gb=0.1))
-    assert error.value.flag == "max_cache_gb"
+    with pytest.raises(ConfigError, match="--max_cache_gb: .*1.06 GB"):  # what training reports
+        with train.setting_errors():
+            raise error.value
 
 
 def test_extraction_writes_the_model_outputs_in_dataset_order(tmp_path):

@@ -10,7 +10,7 @@ import keras
 
 from keras_dc import model as model_lib, train
 from keras_dc.model import DeeperClusterModel
-from keras_dc.reclustering import Assignment
+from keras_dc.workdir import Assignment
 
 
 def test_label_swap_reaches_the_train_step(tiny_config, monkeypatch):
@@ -73,3 +73,19 @@ def test_full_top1_needs_both_levels_right(tiny_config):
     assert np.isclose(results["super_top1"], 2 / 3)
     assert np.isclose(results["sub_top1"], 2 / 3)
     assert np.isclose(results["full_top1"], 1 / 3)
+
+
+def test_private_keras_apis_still_exist():
+    """The two private Keras APIs keras-dc uses (model.optimizer_slots, distribute.keras_fit_context):
+    if Keras renames or stops calling them, this fails before a run silently keeps stale momentum
+    or multi-worker fit breaks."""
+    variables = [keras.Variable(np.ones(3, np.float32)), keras.Variable(np.ones(2, np.float32))]
+    optimizer = keras.optimizers.SGD(0.1, momentum=0.9)
+    optimizer.build(variables)
+    assert [optimizer._get_variable_index(variable) for variable in variables] == [0, 1]
+    model = keras.Sequential([keras.Input((2,)), keras.layers.Dense(1)])
+    model.compile("sgd", "mse")
+    calls = []
+    model._maybe_symbolic_build = lambda iterator=None, data_batch=None: calls.append(1)
+    model.fit(np.ones((4, 2)), np.ones((4, 1)), epochs=1, verbose=0)
+    assert calls, "keras fit no longer calls Model._maybe_symbolic_build"

@@ -12,7 +12,8 @@ import time
 import numpy as np
 
 from conftest import ROOT
-from keras_dc import distributed_kmeans, local_cluster, scaling_benchmark
+from keras_dc import kmeans
+from keras_dc.bench import local_cluster, scaling_benchmark
 from keras_dc.distribute import Collective
 from keras_dc.feature_cache import FeatureCache, ShardedFeatures
 
@@ -36,7 +37,7 @@ def _checksums(lines, worker):
 def test_two_workers_cluster_exactly_like_one_process(tmp_path):
     path = str(tmp_path / "features.npy")
     scaling_benchmark.write_synthetic_features(path, 6000, 32, seed=1)
-    single = distributed_kmeans.hierarchical_kmeans(
+    single = kmeans.hierarchical_kmeans(
         ShardedFeatures(FeatureCache.open(path).array, 0, 6000, Collective()), k=40, m=4, niter=6, seed=0)
     status, lines = _launch(f"{ROOT}/tools/benchmark_clustering.py",
                             ["--case=sharded", f"--cache={path}", "--k=40", "--m=4", "--niter=6"])
@@ -44,7 +45,7 @@ def test_two_workers_cluster_exactly_like_one_process(tmp_path):
     results = [json.loads(line.split(scaling_benchmark.RESULT_PREFIX, 1)[1]) for line in lines
                if scaling_benchmark.RESULT_PREFIX in line]
     assert sorted(result["worker"] for result in results) == [0, 1]
-    expected = distributed_kmeans.assignments_checksum(single.super_ids, single.sub_ids)
+    expected = kmeans.assignments_checksum(single.super_ids, single.sub_ids)
     assert [result["checksum"] for result in results] == [expected, expected]
 
 

@@ -14,10 +14,10 @@ import pytest
 import tensorflow as tf
 
 from conftest import ROOT
-from keras_dc import checkpoints, train
+from keras_dc import train, workdir as workdir_lib
 from keras_dc.callbacks import NonFiniteLoss
 from keras_dc.config import Config, ConfigError
-from keras_dc.reclustering import Assignment
+from keras_dc.workdir import Assignment
 from keras_dc.sources import ImageSource
 
 SETTINGS = dict(data="synthetic", synthetic_size=96, arch="small", image_size=16, batch_size=16, epochs=3, k=8,
@@ -162,7 +162,7 @@ def test_identical_images_still_give_k_non_empty_clusters(tiny_config):
     source = ImageSource("identical images", len(images), images=images)
     config = dataclasses.replace(tiny_config, data="identical", epochs=1, k=4, super_clusters=2)
     train.train(config, source, log=lambda line: None)
-    assignment = Assignment.load(checkpoints.assignment_path(config.workdir, 0))
+    assignment = Assignment.load(workdir_lib.assignment_path(config.workdir, 0))
     sizes = np.bincount(assignment.cluster_ids(config.sub_classes), minlength=config.k)
     assert len(sizes) == config.k and sizes.min() > 0
     assert assignment.stats["clusters_empty"] == 0
@@ -174,5 +174,5 @@ def test_nothing_is_stored_or_loaded_with_pickle(tmp_path):
     offending = [path for path in sources if forbidden.search(open(path).read())]
     assert sources and not offending
     with pytest.raises(TypeError, match="pickle"):
-        checkpoints.save_npz(str(tmp_path / "objects.npz"), names=np.array(["a", None], dtype=object))
+        workdir_lib.save_npz(str(tmp_path / "objects.npz"), names=np.array(["a", None], dtype=object))
     assert not os.path.exists(tmp_path / "objects.npz")

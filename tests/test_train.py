@@ -10,8 +10,8 @@ import sys
 import numpy as np
 import pytest
 
-from keras_dc import checkpoints, train
-from keras_dc.reclustering import Assignment
+from keras_dc import train, workdir as workdir_lib
+from keras_dc.workdir import Assignment
 
 
 def _assignments(workdir):
@@ -60,12 +60,12 @@ def test_same_seed_same_assignments_other_seed_differs(uninterrupted, tmp_path):
 
 def test_workdir_holds_config_metrics_tensorboard_and_a_self_contained_backbone(uninterrupted):
     config, result = uninterrupted
-    saved = checkpoints.read_json(os.path.join(config.workdir, "config.json"))
+    saved = workdir_lib.read_run(config.workdir)
     umask = os.umask(0)
     os.umask(umask)
     for name in ("config.json", "metrics.jsonl", "backbone.json"):
         assert os.stat(os.path.join(config.workdir, name)).st_mode & 0o777 == 0o666 & ~umask
-    assert saved["k"] == 8 and saved["super_clusters"] == 2 and saved["sobel"] is False
+    assert saved.config == config and saved.num_images == config.synthetic_size
     rows = [json.loads(line) for line in open(result["metrics"])]
     assert [row["epoch"] for row in rows] == [1, 2, 3]
     for key in ("loss", "super_top1", "sub_top1", "full_top1", "cluster_nmi_labels", "kmeans_objective"):

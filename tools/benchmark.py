@@ -14,10 +14,6 @@ from __future__ import annotations
 
 import dataclasses
 import json
-import os
-import sys
-
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 from absl import app, flags, logging
 
@@ -44,7 +40,8 @@ def define_flags() -> None:
 
 def run(size: str, deterministic: bool, jit_compile: bool = False) -> dict[str, float]:
     """Every measurement of the issue, with the ratios computed from them."""
-    from keras_dc import benchmark, train
+    from keras_dc import train
+    from keras_dc.bench import benchmark
     from keras_dc.config import Config
     from keras_dc.sources import synthetic_source
 

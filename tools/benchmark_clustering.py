@@ -14,8 +14,6 @@ import json
 import os
 import sys
 
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-
 from absl import app, flags, logging
 
 FLAGS = flags.FLAGS
@@ -53,7 +51,8 @@ def _usage(message: str) -> None:
 
 def run_case() -> None:
     """One measurement in this process (a child of the driver, or one of its workers)."""
-    from keras_dc import distribute, scaling_benchmark
+    from keras_dc import distribute
+    from keras_dc.bench import scaling_benchmark
 
     if FLAGS.case == "bare":
         scaling_benchmark.print_result(scaling_benchmark.bare_faiss_case(FLAGS.cache, FLAGS.k, FLAGS.m,
@@ -75,7 +74,7 @@ def main(argv: list[str]) -> None:
     for k in ks:
         if k % FLAGS.m:
             _usage(f"--ks: {k} is not a multiple of --m={FLAGS.m}")
-    from keras_dc import scaling_benchmark
+    from keras_dc.bench import scaling_benchmark
 
     rows = []
     for size in sizes:

@@ -14,10 +14,9 @@ from __future__ import annotations
 import os
 import sys
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-sys.path.insert(0, ROOT)
-
 from absl import app, flags
+
+TOOLS = os.path.dirname(os.path.abspath(__file__))
 
 FLAGS = flags.FLAGS
 
@@ -25,12 +24,12 @@ FLAGS = flags.FLAGS
 def define_flags() -> None:
     """The launcher's flags; only __main__ calls this."""
     flags.DEFINE_integer("workers", 2, "Number of local worker processes.")
-    flags.DEFINE_string("program", os.path.join(ROOT, "tools", "train.py"), "Python script each worker runs.")
+    flags.DEFINE_string("program", os.path.join(TOOLS, "train.py"), "Python script each worker runs.")
     flags.DEFINE_integer("threads_per_worker", 0, "OpenMP (faiss) threads per worker; 0: CPU cores / workers.")
 
 
 def main(argv: list[str]) -> None:
-    from keras_dc import local_cluster
+    from keras_dc.bench import local_cluster
 
     if FLAGS.workers < 1:
         _usage(f"--workers: must be at least 1, got {FLAGS.workers}")

@@ -14,8 +14,6 @@ import dataclasses
 import os
 import sys
 
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-
 from absl import app, flags, logging
 
 from keras_dc.config import ConfigError
@@ -106,49 +104,48 @@ def load_backbone():
         model = backbones.build_backbone(FLAGS.arch, FLAGS.image_size, sobel=FLAGS.sobel, seed=FLAGS.seed)
         return model, (f"random init {FLAGS.arch} (image_size {FLAGS.image_size}, sobel {FLAGS.sobel}, "
                        f"seed {FLAGS.seed})")
-    flag, path = "backbone", FLAGS.backbone
-    if not FLAGS.backbone:
-        flag, path = "workdir", os.path.join(FLAGS.workdir, "backbone.keras")
-    if not os.path.isfile(path):
-        raise ConfigError(flag, f"{path} does not exist (a workdir has one once training has finished)")
+    from keras_dc import workdir
+
+    if FLAGS.backbone:
+        if not os.path.isfile(FLAGS.backbone):
+            raise ConfigError("backbone", f"{FLAGS.backbone} does not exist")
+        return keras.models.load_model(FLAGS.backbone), FLAGS.backbone
+    path = workdir.existing_backbone(FLAGS.workdir)
     return keras.models.load_model(path), path
 
 
-def workdir_config() -> dict:
-    """The workdir's config.json, or {} without --workdir."""
-    from keras_dc import checkpoints
+def workdir_config():
+    """The Config the workdir was trained with, or None without --workdir."""
+    from keras_dc import workdir
 
-    return checkpoints.read_run_config(FLAGS.workdir) if FLAGS.workdir else {}
+    return workdir.read_run(FLAGS.workdir).config if FLAGS.workdir else None
 
 
-def load_labelled(flag: str, spec: str, image_size: int, trained: dict):
+def load_labelled(flag: str, spec: str, image_size: int, trained):
     """Loads a labelled data set; the workdir's own data spec is read with the workdir's settings."""
-    from keras_dc.sources import load_source
+    from keras_dc.config import errors_as_flags
+    from keras_dc.sources import DataDirError, SourceError, load_source
 
-    same = bool(trained) and spec == trained["data"]
-    settings = trained if same else {"tfds_data_dir": FLAGS.tfds_data_dir, "synthetic_size": FLAGS.synthetic_size,
-                                     "seed": FLAGS.seed}
-    try:
-        source = load_source(spec, image_size, settings["tfds_data_dir"], settings["synthetic_size"], settings["seed"])
-    except ConfigError as error:
-        if error.flag != "data":
-            raise
-        raise ConfigError(flag, str(error).removeprefix("--data: ")) from None
+    same = trained is not None and spec == trained.data
+    data_dir, size, seed = ((trained.tfds_data_dir, trained.synthetic_size, trained.seed) if same
+                            else (FLAGS.tfds_data_dir, FLAGS.synthetic_size, FLAGS.seed))
+    with errors_as_flags({DataDirError: "tfds_data_dir", SourceError: flag}):
+        source = load_source(spec, image_size, data_dir, size, seed)
     if source.labels is None:
         raise ConfigError(flag, f"{source.description} has no labels; the probe needs labelled images")
     return source
 
 
-def model_clusters(trained: dict, train_spec: str, num_images: int):
+def model_clusters(trained, train_spec: str, num_images: int):
     """The workdir's latest cluster ids when the probe's training data is the training data, else None."""
-    from keras_dc import train
+    from keras_dc import workdir
 
-    if not trained or train_spec != trained["data"]:
+    if trained is None or train_spec != trained.data:
         return None
-    assignment = train.latest_assignment(FLAGS.workdir)
-    if assignment is None or len(assignment.super_ids) != num_images:
+    latest = workdir.latest_assignment(FLAGS.workdir)
+    if latest is None or len(latest[1].super_ids) != num_images:
         return None
-    return assignment.cluster_ids(trained["k"] // trained["super_clusters"])
+    return latest[1].cluster_ids(trained.sub_classes)
 
 
 def print_report(report: dict) -> None:
@@ -171,21 +168,25 @@ def print_report(report: dict) -> None:
 def run() -> dict:
     """Loads the backbone and data the flags name, evaluates, and adds the settings to the report."""
     settings = settings_from_flags()
-    from keras_dc import backbones, checkpoints, probe
+    from keras_dc import backbones, probe, workdir
+    from keras_dc.config import errors_as_flags
 
-    trained = workdir_config()
-    backbone, description = load_backbone()
+    with errors_as_flags({workdir.WorkdirError: "workdir"}):
+        trained = workdir_config()
+        backbone, description = load_backbone()
     image_size = backbone.input_shape[1]
-    train_spec = FLAGS.train_data or trained.get("data", "")
+    train_spec = FLAGS.train_data or (trained.data if trained else "")
     if not train_spec:
         raise ConfigError("train_data", "is required with --backbone or --random_init")
     train_source = load_labelled("train_data", train_spec, image_size, trained)
     val_source = load_labelled("val_data", FLAGS.val_data, image_size, trained) if FLAGS.val_data else None
     names = backbones.conv_tap_layers(backbone, settings.layers)
     clusters = model_clusters(trained, train_spec, train_source.num_images)
-    report = probe.evaluate_backbone(backbone, names, train_source, val_source, settings, clusters)
-    if FLAGS.per_layer_baseline:
-        baseline = probe.per_layer_baseline(backbone, names, train_source, val_source, settings)
+    with errors_as_flags({probe.PoolingError: "max_dim", probe.FoldError: "kfold"}):
+        report = probe.evaluate_backbone(backbone, names, train_source, val_source, settings, clusters)
+        baseline = (probe.per_layer_baseline(backbone, names, train_source, val_source, settings)
+                    if FLAGS.per_layer_baseline else None)
+    if baseline:
         report["per_layer_baseline"] = {**baseline, "speedup": baseline["timing"]["total_s"] / (
             report["timing"]["extract_s"] + report["timing"]["probe_s"])}
     report["config"] = {"backbone": description, "train_data": train_source.description,
@@ -193,7 +194,7 @@ def run() -> dict:
                         "image_size": image_size, "augmentation": "none (centre view)",
                         "settings": dataclasses.asdict(settings)}
     if FLAGS.output:
-        checkpoints.write_json(FLAGS.output, report)
+        workdir.write_json(FLAGS.output, report)
     return report
 
 

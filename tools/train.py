@@ -11,10 +11,7 @@ where it stopped. Exit status: 0 done, 1 bad flag syntax or diverged loss,
 from __future__ import annotations
 
 import dataclasses
-import os
 import sys
-
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 from absl import app, flags, logging
 

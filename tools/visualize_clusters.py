@@ -8,10 +8,7 @@ One grid per --select value (rows: clusters, columns: sampled members).
 
 from __future__ import annotations
 
-import os
 import sys
-
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 from absl import app, flags, logging
 
@@ -53,11 +50,15 @@ def main(argv: list[str]) -> None:
     logging.set_verbosity(logging.WARNING)
     try:
         check_flags()
-        from keras_dc import visualize
+        from keras_dc import visualize, workdir
+        from keras_dc.config import errors_as_flags
+        from keras_dc.sources import SourceError
 
-        output_dir = FLAGS.output_dir or os.path.join(FLAGS.workdir, "cluster_grids")
-        summary = visualize.visualize_run(FLAGS.workdir, FLAGS.select, FLAGS.clusters, FLAGS.samples,
-                                          FLAGS.projector_samples, output_dir, FLAGS.seed)
+        output_dir = FLAGS.output_dir or workdir.grids_dir(FLAGS.workdir)
+        # The images come from the data the workdir recorded: a SourceError is the workdir's to fix.
+        with errors_as_flags({workdir.WorkdirError: "workdir", SourceError: "workdir"}):
+            summary = visualize.visualize_run(FLAGS.workdir, FLAGS.select, FLAGS.clusters, FLAGS.samples,
+                                              FLAGS.projector_samples, output_dir, FLAGS.seed)
     except ConfigError as error:
         print(f"error: {error}", file=sys.stderr)
         sys.exit(2)

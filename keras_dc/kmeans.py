@@ -1,5 +1,5 @@
-"""Hierarchical k-means over feature shards on several workers (METHOD.md, cycle steps 2-5, and
-"Scale of the reference").
+"""Hierarchical k-means over feature shards, the one k-means of keras-dc (METHOD.md, cycle steps 2-5,
+and "Scale of the reference"): training, evaluation and the benchmarks all cluster with it.
 
 Each worker holds a contiguous shard of the rows (a memory-mapped cache). In
 every Lloyd iteration each worker assigns its rows with faiss and accumulates, in
@@ -16,6 +16,7 @@ G = m super-clusters, c = k/m, on a copy of the rows sorted by group).
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import hashlib
 import os
 import tempfile
@@ -26,16 +27,129 @@ import faiss
 import numpy as np
 from scipy import sparse
 
-from keras_dc import clustering, distributed_pca
-from keras_dc.clustering import HierarchicalResult, KMeansResult, grow_small_clusters, split_empty_clusters
+from keras_dc import distributed_pca, hierarchy
+from keras_dc.distribute import Collective
 from keras_dc.feature_cache import CacheWriter, ShardedFeatures
 from keras_dc.pca import PCA
 
 LLOYD_SPLIT_EPS = 1.0 / 1024  # faiss's relative perturbation when an empty cluster is re-seeded mid-run
 SEARCH_CHUNK_ELEMENTS = 2**26  # faiss searches large query blocks faster; 256 MB of float32 rows
 SUM_BLOCK_ELEMENTS = 2**19  # rows widened to float64 per block: 4 MB stays in cache, 25% faster than 64 MB
+SPLIT_EPS = 1e-7  # relative perturbation of the centroids when an empty cluster is filled after the last pass
+FAISS_MIN_POINTS_PER_CENTROID = 39
 
 Log = Callable[[str], None]
+
+
+@dataclasses.dataclass
+class KMeansResult:
+    """Outcome of one flat k-means: final assignment, centroids, objective and the
+    number of empty clusters that had to be split."""
+
+    assignments: np.ndarray
+    centroids: np.ndarray
+    objective: float
+    empty_split: int
+
+
+@dataclasses.dataclass
+class HierarchicalResult:
+    """Two-level clustering: super-cluster ids in [0, m) and sub-cluster ids local to
+    their super-cluster in [0, k/m)."""
+
+    super_ids: np.ndarray
+    sub_ids: np.ndarray
+    objective: float
+    super_objective: float
+    empty_split: int
+    k: int
+    m: int
+
+    @property
+    def cluster_ids(self) -> np.ndarray:
+        """Global cluster id in [0, k) of each row."""
+        return hierarchy.global_cluster_ids(self.super_ids.astype(np.int64), self.sub_ids,
+                                            hierarchy.sub_classes(self.k, self.m))
+
+
+def uses_gpu() -> bool:
+    """Whether this faiss build has GPU support and sees a GPU."""
+    return hasattr(faiss, "get_num_gpus") and faiss.get_num_gpus() > 0
+
+
+def _split_donor(x, members: np.ndarray, centroid: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+    """The half (floor) of a donor's members that are closest to centroid*(1+eps)
+    relative to centroid*(1-eps); ties, e.g. identical points, are broken at random."""
+    members = rng.permutation(members)
+    c = centroid.astype(np.float64)
+    points = x[members].astype(np.float64)
+    to_new = np.sum((points - c * (1 + SPLIT_EPS)) ** 2, axis=1)
+    to_donor = np.sum((points - c * (1 - SPLIT_EPS)) ** 2, axis=1)
+    order = np.argsort(to_new - to_donor, kind="stable")
+    return members[order[: len(members) // 2]]
+
+
+def split_empty_clusters(x, assignments: np.ndarray, centroids: np.ndarray, rng: np.random.Generator
+                         ) -> tuple[np.ndarray, np.ndarray, int]:
+    """Give every empty cluster half the members and a perturbed copy of the centroid of
+    a random donor cluster (chosen proportionally to its size among clusters of >= 2).
+    x is an array or ShardedFeatures (rows gathered from the workers that hold them)."""
+    k = centroids.shape[0]
+    if k > x.shape[0]:
+        raise ValueError(f"cannot fill {k} clusters with only {x.shape[0]} points")
+    assignments = np.array(assignments, dtype=np.int64)
+    centroids = np.array(centroids, dtype=np.float32)
+    counts = np.bincount(assignments, minlength=k)
+    empty = np.flatnonzero(counts == 0)
+    for target in empty:
+        sizes = np.where(counts >= 2, counts, 0).astype(np.float64)
+        donor = rng.choice(k, p=sizes / sizes.sum())
+        moved = _split_donor(x, np.flatnonzero(assignments == donor), centroids[donor], rng)
+        centroids[target] = centroids[donor] * (1 + SPLIT_EPS)
+        centroids[donor] = centroids[donor] * (1 - SPLIT_EPS)
+        assignments[moved] = target
+        counts[target] = len(moved)
+        counts[donor] -= len(moved)
+    return assignments, centroids, len(empty)
+
+
+def grow_small_clusters(x, assignments: np.ndarray, centroids: np.ndarray, min_size: int
+                        ) -> tuple[np.ndarray, int]:
+    """Moves to each cluster smaller than min_size the members of the largest cluster
+    closest to its centroid, so every super-cluster can hold its k/m sub-clusters."""
+    k = centroids.shape[0]
+    if k * min_size > x.shape[0]:
+        raise ValueError(f"{x.shape[0]} points cannot give {k} clusters {min_size} members each")
+    assignments = np.array(assignments, dtype=np.int64)
+    counts = np.bincount(assignments, minlength=k)
+    grown = 0
+    for target in np.flatnonzero(counts < min_size):
+        grown += 1
+        while counts[target] < min_size:
+            donor = int(np.argmax(counts))
+            members = np.flatnonzero(assignments == donor)
+            distances = np.sum((x[members] - centroids[target]) ** 2, axis=1)
+            take = min(min_size - counts[target], counts[donor] - min_size)
+            moved = members[np.argsort(distances, kind="stable")[:take]]
+            assignments[moved] = target
+            counts[target] += take
+            counts[donor] -= take
+    return assignments, grown
+
+
+def warn_small_clusters(n: int, k: int, m: int) -> list[str]:
+    """Warnings for non-trivial levels with fewer than 39 images per centroid on average
+    (faiss's own threshold), where k-means becomes unreliable."""
+    warnings = []
+    levels = [("super-clusters", m, m > 1), ("sub-clusters", k, k > m)]
+    for name, centroids, active in levels:
+        if active and n / centroids < FAISS_MIN_POINTS_PER_CENTROID:
+            warnings.append(
+                f"clustering: {name}: {n} images for {centroids} centroids "
+                f"({n / centroids:.1f} per centroid) is fewer than "
+                f"{FAISS_MIN_POINTS_PER_CENTROID} images per centroid"
+            )
+    return warnings
 
 
 class _Subset:
@@ -59,7 +173,7 @@ def _indexes(centroids: np.ndarray) -> list[faiss.Index]:
     indexes = []
     for group in centroids:
         index = faiss.IndexFlatL2(group.shape[1])
-        if clustering._resolve_gpu(None):
+        if uses_gpu():
             index = faiss.index_cpu_to_all_gpus(index)
         index.add(np.ascontiguousarray(group, dtype=np.float32))
         indexes.append(index)
@@ -127,8 +241,8 @@ def _search_blocks(data: ShardedFeatures, centroids: np.ndarray, bounds: dict[in
             low, high = limits[group], limits[group + 1]
             if high > low:
                 distances, nearest = index.search(x[low:high], 1)
-                yield np.arange(first + low, first + high), x[low:high], nearest[:, 0] + group * per_group, \
-                    distances[:, 0]
+                flat_ids = hierarchy.global_cluster_ids(group, nearest[:, 0], per_group)
+                yield np.arange(first + low, first + high), x[low:high], flat_ids, distances[:, 0]
 
 
 def _assign(data: ShardedFeatures, centroids: np.ndarray, bounds: dict[int, np.ndarray] | None,
@@ -235,7 +349,7 @@ def _sub_kmeans(data: ShardedFeatures, super_ids: np.ndarray, k: int, m: int, ni
                 grouped_path: str) -> tuple[np.ndarray, float, int]:
     """Level 2, all super-clusters at once: super-cluster s gets k/m clusters seeded with
     seed + 1 + s; returns local sub ids, the objective and the number of empty clusters split."""
-    per_super = k // m
+    per_super = hierarchy.sub_classes(k, m)
     members = [np.flatnonzero(super_ids == s) for s in range(m)]
     for s, rows in enumerate(members):
         if len(rows) < per_super:
@@ -252,22 +366,21 @@ def _sub_kmeans(data: ShardedFeatures, super_ids: np.ndarray, k: int, m: int, ni
     n_split = 0
     for s, rows in enumerate(members):
         sub_ids[rows], centroids[s], split = split_empty_clusters(
-            _Subset(data, rows), flat_ids[rows] - s * per_super, centroids[s], rngs[s])
+            _Subset(data, rows), hierarchy.local_sub_ids(flat_ids[rows], s, per_super), centroids[s], rngs[s])
         n_split += split
     return sub_ids.astype(np.int32), objective, n_split
 
 
 def hierarchical_kmeans(data: ShardedFeatures, k: int, m: int, niter: int, seed: int,
                         grouped_path: str | None = None) -> HierarchicalResult:
-    """k-means into m super-clusters on all rows, then into k/m sub-clusters inside each, as
-    clustering.hierarchical_kmeans but over the workers' shards. Level 2 works on a copy of this
-    worker's rows grouped by super-cluster, at grouped_path (None: in a temporary folder)."""
-    if m < 1 or k < m or k % m != 0:
-        raise ValueError(f"k={k} must be a positive multiple of m={m}")
+    """k-means into m super-clusters on all rows, then into k/m sub-clusters inside each (m == 1
+    and k == m make a level trivial). Level 2 works on a copy of this worker's rows grouped by
+    super-cluster, at grouped_path (None: in a temporary folder)."""
+    per_super = hierarchy.sub_classes(k, m)
     if data.total < k:
         raise ValueError(f"{data.total} points cannot fill k={k} clusters; use a smaller k")
     top = kmeans(data, m, niter, seed)
-    super_assignments, grown = grow_small_clusters(data, top.assignments, top.centroids, k // m)
+    super_assignments, grown = grow_small_clusters(data, top.assignments, top.centroids, per_super)
     super_ids = super_assignments.astype(np.int32)
     with contextlib.ExitStack() as stack:
         if grouped_path is None:
@@ -288,7 +401,7 @@ def assignments_checksum(super_ids: np.ndarray, sub_ids: np.ndarray) -> str:
 def cluster_features(features: ShardedFeatures, k: int, m: int, pca_dim: int, niter: int, seed: int,
                      reduced_path: str, pca_sample: int | None = None, dtype: str = "float32",
                      log: Log | None = None) -> tuple[HierarchicalResult, PCA, dict[str, float]]:
-    """The clustering step over shards, as clustering.cluster_features: PCA (whitening 0.5) from
+    """The clustering step over shards: PCA (whitening 0.5) from
     all-reduced moments, L2 normalisation into a cache at reduced_path (removed afterwards, as
     the copy grouped by super-cluster next to it), hierarchical k-means; logs the assignments
     checksum and returns stage timings."""
@@ -308,3 +421,12 @@ def cluster_features(features: ShardedFeatures, k: int, m: int, pca_dim: int, ni
         f"(objective {result.objective:.4g}, {result.empty_split} empty clusters split)")
     log(f"assignments checksum: {assignments_checksum(result.super_ids, result.sub_ids)}")
     return result, pca, {"pca_s": pca_s, "kmeans_s": kmeans_s, "total_s": pca_s + kmeans_s}
+
+
+def cluster_array(features: np.ndarray, k: int, m: int, pca_dim: int, niter: int, seed: int,
+                  log: Log | None = None) -> tuple[HierarchicalResult, PCA, dict[str, float]]:
+    """cluster_features on features held in memory by one process, the reduced rows cached in a
+    temporary folder: how evaluation and the benchmarks cluster as training does."""
+    with tempfile.TemporaryDirectory() as folder:
+        data = ShardedFeatures(np.asarray(features, np.float32), 0, len(features), Collective())
+        return cluster_features(data, k, m, pca_dim, niter, seed, os.path.join(folder, "reduced.npy"), log=log)

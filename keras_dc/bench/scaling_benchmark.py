@@ -17,8 +17,9 @@ from collections.abc import Callable, Sequence
 
 import numpy as np
 
-from keras_dc import distributed_kmeans, local_cluster
-from keras_dc.benchmark import faiss_kmeans_assign
+from keras_dc import hierarchy, kmeans
+from keras_dc.bench import local_cluster
+from keras_dc.bench.benchmark import faiss_kmeans_assign
 from keras_dc.distribute import Collective
 from keras_dc.feature_cache import CacheWriter, FeatureCache, ShardedFeatures, shard_bounds
 
@@ -57,7 +58,7 @@ def bare_faiss_case(path: str, k: int, m: int, niter: int, seed: int) -> dict:
     start = time.perf_counter()
     super_ids = faiss_kmeans_assign(x, m, niter, seed)
     for s in range(m):
-        faiss_kmeans_assign(x[super_ids == s], k // m, niter, seed + 1 + s)
+        faiss_kmeans_assign(x[super_ids == s], hierarchy.sub_classes(k, m), niter, seed + 1 + s)
     return {"seconds": time.perf_counter() - start, "baseline_rss_gb": baseline, "peak_rss_gb": _status_gb("VmHWM")}
 
 
@@ -68,10 +69,10 @@ def sharded_case(path: str, k: int, m: int, niter: int, seed: int, collective: C
     data = ShardedFeatures(features[start_row:stop_row], start_row, features.shape[0], collective)
     baseline = _status_gb("VmRSS")
     start = time.perf_counter()
-    result = distributed_kmeans.hierarchical_kmeans(data, k, m, niter, seed)
+    result = kmeans.hierarchical_kmeans(data, k, m, niter, seed)
     return {"seconds": time.perf_counter() - start, "baseline_rss_gb": baseline,
             "peak_rss_gb": _status_gb("VmHWM"), "worker": collective.worker,
-            "checksum": distributed_kmeans.assignments_checksum(result.super_ids, result.sub_ids)}
+            "checksum": kmeans.assignments_checksum(result.super_ids, result.sub_ids)}
 
 
 def print_result(result: dict) -> None:

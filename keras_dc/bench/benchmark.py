@@ -19,7 +19,7 @@ import tensorflow as tf
 import keras_dc  # noqa: F401  (selects the TensorFlow backend)
 import keras
 
-from keras_dc import backbones, data, distributed_kmeans, reclustering, train
+from keras_dc import backbones, data, hierarchy, kmeans, reclustering, sampling, train
 from keras_dc.config import Config
 from keras_dc.distribute import Collective
 from keras_dc.feature_cache import CacheWriter, ShardedFeatures
@@ -92,12 +92,14 @@ def _fit_rate(model: keras.Model, dataset: tf.data.Dataset, batch_size: int, epo
 
 
 def _plan_callback(tables: data.LabelTables, num_images: int, seed: int) -> keras.callbacks.Callback:
-    """Draws a fresh shuffled plan with random rotations before each epoch, as training does."""
+    """Draws a fresh shuffled plan with random rotations before each epoch, as training does
+    with --sampling=none."""
+    cluster_ids = np.zeros(num_images, np.int64)
 
     class Plan(keras.callbacks.Callback):
         def on_epoch_begin(self, epoch, logs=None):
-            rng = np.random.default_rng([seed, epoch])
-            tables.set_plan(rng.permutation(num_images), rng.integers(0, 4, num_images), epoch)
+            indices, rotations = sampling.epoch_plan("none", cluster_ids, 1, num_images, seed, epoch, rotation=True)
+            tables.set_plan(indices, rotations, epoch)
 
     return Plan()
 
@@ -138,7 +140,8 @@ def train_step_figures(config: Config, source: ImageSource, steps: int) -> dict[
     """DeeperCluster step on the real pipeline, on a cached batch, and a plain Keras step."""
     model, real, plan = _dc_setup(config, source, steps)
     plain = plain_keras_model(config)
-    runs = [(model, real, [plan]), (model, _cached(real, steps), []), (plain, _cached(real, steps, ("super", "sub")), [])]
+    runs = [(model, real, [plan]), (model, _cached(real, steps), []),
+            (plain, _cached(real, steps, ("super", "sub")), [])]
     real_rate, cached_rate, plain_rate = 0.0, 0.0, 0.0
     for _ in range(ROUNDS):  # alternating, so that all three meet the same moments of a shared machine
         rates = [_fit_rate(network, dataset, config.batch_size, callbacks=extra)
@@ -188,7 +191,7 @@ def bare_faiss_clustering(features: np.ndarray, k: int, m: int, pca_dim: int, ni
     super_ids = faiss_kmeans_assign(reduced, m, niter, seed)
     for s in range(m):
         rows = reduced[super_ids == s]
-        faiss_kmeans_assign(rows, k // m, niter, seed + 1 + s)
+        faiss_kmeans_assign(rows, hierarchy.sub_classes(k, m), niter, seed + 1 + s)
 
 
 def faiss_kmeans_assign(x: np.ndarray, k: int, niter: int, seed: int) -> np.ndarray:
@@ -213,7 +216,7 @@ def clustering_figures(num_points: int, dim: int, k: int, m: int, pca_dim: int, 
         with CacheWriter(os.path.join(folder, "features.npy"), num_points, dim) as writer:
             writer.write(features)
             cache = writer.finish()
-        ours = functools.partial(distributed_kmeans.cluster_features,
+        ours = functools.partial(kmeans.cluster_features,
                                  ShardedFeatures(cache.array, 0, num_points, Collective()), k, m, pca_dim, niter, 0,
                                  os.path.join(folder, "reduced.npy"))
         bare = functools.partial(bare_faiss_clustering, features, k, m, pca_dim, niter, 0)

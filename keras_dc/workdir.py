@@ -1,13 +1,15 @@
-"""The workdir on disk: atomic writes, training checkpoints and per-cycle assignments.
+"""The workdir of a run: every path and file in it, and the only code that reads or writes them.
 
 Layout of a workdir:
-    config.json                   every setting of the run
+    config.json                   every setting of the run (Config), its data and image count
     checkpoints/                  tf.train.Checkpoint of model + optimizer, one per epoch
                                   (and one at the current batch on pre-emption)
     assignments/cycle_NNNN.npz    super/sub ids, PCA and statistics of each re-clustering
     metrics.jsonl                 one JSON line per epoch
     tensorboard/                  TensorBoard logs
+    feature_cache/                features cached while clustering (unless elsewhere)
     backbone.keras, backbone.json the exported feature extractor and its description
+    cluster_grids/                PNG grids of tools/visualize_clusters.py
 Files are written to a temporary name, flushed, fsynced and renamed, so a
 killed run leaves either the old file or the new one, never half of one.
 Checkpoints are fsynced before tf.train.CheckpointManager records them in
@@ -27,7 +29,13 @@ import tempfile
 import numpy as np
 import tensorflow as tf
 
-from keras_dc.config import ConfigError
+from keras_dc import hierarchy
+from keras_dc.config import Config
+from keras_dc.pca import PCA
+
+
+class WorkdirError(ValueError):
+    """A workdir lacks a file it should hold, or holds one this run cannot use."""
 
 
 def atomic_write_bytes(path: str, payload: bytes) -> None:
@@ -92,12 +100,96 @@ def config_path(workdir: str) -> str:
     return os.path.join(workdir, "config.json")
 
 
-def read_run_config(workdir: str) -> dict:
-    """The saved settings of a training workdir; a ConfigError naming --workdir when it has none."""
+def checkpoints_dir(workdir: str) -> str:
+    return os.path.join(workdir, "checkpoints")
+
+
+def assignment_path(workdir: str, cycle: int) -> str:
+    return os.path.join(workdir, "assignments", f"cycle_{cycle:04d}.npz")
+
+
+def metrics_path(workdir: str) -> str:
+    return os.path.join(workdir, "metrics.jsonl")
+
+
+def tensorboard_dir(workdir: str, *parts: str) -> str:
+    return os.path.join(workdir, "tensorboard", *parts)
+
+
+def feature_cache_dir(workdir: str) -> str:
+    return os.path.join(workdir, "feature_cache")
+
+
+def grids_dir(workdir: str) -> str:
+    return os.path.join(workdir, "cluster_grids")
+
+
+def backbone_path(workdir: str) -> str:
+    return os.path.join(workdir, "backbone.keras")
+
+
+def backbone_description_path(workdir: str) -> str:
+    return os.path.join(workdir, "backbone.json")
+
+
+@dataclasses.dataclass(frozen=True)
+class SavedRun:
+    """What config.json records: the settings, the data's description and its readable image count."""
+
+    config: Config
+    source: str
+    num_images: int | None
+
+
+def write_config(workdir: str, config: Config, source: str, num_images: int) -> None:
+    """Records the run's settings and data, read back by saved_run."""
+    write_json(config_path(workdir), {**config.to_dict(), "source": source, "num_images": num_images})
+
+
+def saved_run(workdir: str) -> SavedRun | None:
+    """The workdir's recorded settings, or None before the first run has written them."""
     path = config_path(workdir)
-    if not os.path.isfile(path):
-        raise ConfigError("workdir", f"{path} does not exist; is this a training workdir?")
-    return read_json(path)
+    if not os.path.exists(path):
+        return None
+    try:
+        values = read_json(path)
+    except (OSError, json.JSONDecodeError) as error:
+        raise WorkdirError(f"cannot read {path}: {error}") from None
+    return SavedRun(Config.from_dict(values), values.get("source", ""), values.get("num_images"))
+
+
+def read_run(workdir: str) -> SavedRun:
+    """The recorded settings of a training workdir; a WorkdirError when it has none."""
+    run = saved_run(workdir)
+    if run is None:
+        raise WorkdirError(f"{config_path(workdir)} does not exist; is this a training workdir?")
+    return run
+
+
+@dataclasses.dataclass
+class Assignment:
+    """The pseudo-labels of one cycle: super-cluster and local sub-cluster of every image."""
+
+    super_ids: np.ndarray
+    sub_ids: np.ndarray
+    stats: dict
+    pca: PCA | None = None
+
+    def cluster_ids(self, sub_classes: int) -> np.ndarray:
+        return hierarchy.global_cluster_ids(self.super_ids.astype(np.int64), self.sub_ids, sub_classes)
+
+    def save(self, path: str) -> None:
+        arrays = {"super_ids": self.super_ids.astype(np.int32), "sub_ids": self.sub_ids.astype(np.int32),
+                  "stats_json": np.array(json.dumps(self.stats))}
+        if self.pca is not None:
+            arrays.update(self.pca.to_arrays())
+        save_npz(path, **arrays)
+
+    @classmethod
+    def load(cls, path: str) -> Assignment:
+        arrays = load_npz(path)
+        pca = PCA.from_arrays(arrays) if "pca_mean" in arrays else None
+        return cls(arrays["super_ids"], arrays["sub_ids"], json.loads(str(arrays["stats_json"])), pca)
 
 
 def saved_cycles(workdir: str) -> list[int]:
@@ -106,8 +198,31 @@ def saved_cycles(workdir: str) -> list[int]:
     return sorted(int(os.path.basename(path)[len("cycle_"):-len(".npz")]) for path in paths)
 
 
-def assignment_path(workdir: str, cycle: int) -> str:
-    return os.path.join(workdir, "assignments", f"cycle_{cycle:04d}.npz")
+def latest_assignment(workdir: str, first: bool = False) -> tuple[int, Assignment] | None:
+    """(cycle, assignments) of the most recent (with `first`, the earliest) saved cycle, if any."""
+    cycles = saved_cycles(workdir)
+    if not cycles:
+        return None
+    cycle = cycles[0 if first else -1]
+    return cycle, Assignment.load(assignment_path(workdir, cycle))
+
+
+def save_backbone(workdir: str, backbone, description: dict) -> str:
+    """Exports the feature extractor as backbone.keras (renamed into place) with its description."""
+    path = backbone_path(workdir)
+    temporary = path + ".tmp.keras"
+    backbone.save(temporary)
+    os.replace(temporary, path)
+    write_json(backbone_description_path(workdir), description)
+    return path
+
+
+def existing_backbone(workdir: str) -> str:
+    """The path of the workdir's exported backbone; a WorkdirError before training has finished."""
+    path = backbone_path(workdir)
+    if not os.path.isfile(path):
+        raise WorkdirError(f"{path} does not exist (a workdir has one once training has finished)")
+    return path
 
 
 @dataclasses.dataclass(frozen=True)
@@ -141,7 +256,7 @@ class TrainingCheckpoints:
         self.step = tf.Variable(0, dtype=tf.int64, trainable=False, name="position_step")
         self.checkpoint = tf.train.Checkpoint(model=model, optimizer=model.optimizer, seed_states=seed_states,
                                               metrics=self.metric_variables, epoch=self.epoch, step=self.step)
-        self.manager = tf.train.CheckpointManager(self.checkpoint, os.path.join(workdir, "checkpoints"),
+        self.manager = tf.train.CheckpointManager(self.checkpoint, checkpoints_dir(workdir),
                                                   max_to_keep=max_to_keep)
         self.steps_per_epoch = steps_per_epoch
         self.restored_metrics: list[np.ndarray] = []
@@ -155,8 +270,8 @@ class TrainingCheckpoints:
             self.checkpoint.restore(latest).assert_existing_objects_matched()
         except (AssertionError, ValueError, tf.errors.OpError) as error:
             reason = str(error).strip().splitlines()[0][:200]
-            raise ConfigError("workdir", f"cannot resume from {latest} ({reason}): it was written with another "
-                              f"configuration or is damaged; use another --workdir") from None
+            raise WorkdirError(f"cannot resume from {latest} ({reason}): it was written with another "
+                               f"configuration or is damaged; use another workdir") from None
         self.restored_metrics = [variable.numpy() for variable in self.metric_variables]
         return Position(int(self.epoch.numpy()), int(self.step.numpy()))
 

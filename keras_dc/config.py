@@ -185,12 +185,12 @@ def validate_for_data(config: Config, num_images: int) -> None:
                           f"{average} images a super-cluster holds on average")
 
 
-def check_resumable(config: Config, saved: Config, saved_num_images: int | None, num_images: int | None = None
-                    ) -> None:
+def check_resumable(config: Config, saved: Config, saved_num_images: int | None, num_images: int | None = None,
+                    recorded: frozenset[str] | None = None) -> None:
     """Refuses to resume a workdir whose saved configuration differs in a key setting, or (when
     num_images is given) whose data had another number of readable images: indices would shift."""
     for key in RESUME_KEYS:
-        if getattr(saved, key) != getattr(config, key):
+        if (recorded is None or key in recorded) and getattr(saved, key) != getattr(config, key):
             raise ConfigError(key, f"the workdir {config.workdir} was trained with --{key}={getattr(saved, key)}, "
                               f"not {getattr(config, key)}; use another --workdir or the same setting")
     if None not in (num_images, saved_num_images) and saved_num_images != num_images:

@@ -54,7 +54,7 @@ def check_resumable(config: Config, num_images: int | None = None) -> None:
     with setting_errors():
         saved = workdir_lib.saved_run(config.workdir)
     if saved is not None:
-        config_lib.check_resumable(config, saved.config, saved.num_images, num_images)
+        config_lib.check_resumable(config, saved.config, saved.num_images, num_images, saved.recorded)
 
 
 def check_settings(config: Config) -> tf.distribute.Strategy:

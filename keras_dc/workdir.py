@@ -139,6 +139,7 @@ class SavedRun:
     config: Config
     source: str
     num_images: int | None
+    recorded: frozenset[str] = frozenset()  # the settings the file holds (older files hold fewer)
 
 
 def write_config(workdir: str, config: Config, source: str, num_images: int) -> None:
@@ -155,7 +156,8 @@ def saved_run(workdir: str) -> SavedRun | None:
         values = read_json(path)
     except (OSError, json.JSONDecodeError) as error:
         raise WorkdirError(f"cannot read {path}: {error}") from None
-    return SavedRun(Config.from_dict(values), values.get("source", ""), values.get("num_images"))
+    return SavedRun(Config.from_dict(values), values.get("source", ""), values.get("num_images"),
+                    frozenset(values))
 
 
 def read_run(workdir: str) -> SavedRun:

@@ -1,8 +1,9 @@
 """Convnet bodies (small, AlexNet, VGG-16-BN) that map raw RGB images to features.
 
 Every model takes float32 RGB in [0, 255] (input "image"), normalises it with
-ImageNet statistics, optionally applies grey + Sobel, and outputs fc7 before its
-ReLU: the feature DeeperCluster clusters (METHOD.md, "One cycle", step 1).
+ImageNet statistics, zero-pads it as the reference does, optionally applies grey +
+Sobel, and outputs fc7 before its ReLU: the feature DeeperCluster clusters
+(docs/method.md, "One cycle", step 1).
 
 Naming (other tools rely on it): conv units are `block{b}_conv{c}`,
 `block{b}_bn{c}`, `block{b}_relu{c}`; `block{b}_pool` follows each block; the
@@ -23,11 +24,11 @@ import keras_dc  # noqa: F401  (sets KERAS_BACKEND before keras is imported)
 import keras
 from keras import layers
 
-from keras_dc.layers import GreySobel, ImageNormalization
+from keras_dc.layers import ImageNormalization, padded_input
 
 ARCHITECTURES = ("small", "alexnet", "vgg16_bn")
 # Smallest input side for which every (floor-mode) pooling still has a window.
-MIN_IMAGE_SIZE = {"small": 8, "alexnet": 63, "vgg16_bn": 32}
+MIN_IMAGE_SIZE = {"small": 6, "alexnet": 63, "vgg16_bn": 30}
 FEATURE_DIM = {"small": 256, "alexnet": 4096, "vgg16_bn": 4096}
 TAP_CHOICES = ("block_last", "all")
 
@@ -39,6 +40,9 @@ _VGG_BLOCKS = {
 # DeepCluster's AlexNet: (filters, kernel, stride) per conv, grouped by pooling stage.
 _ALEXNET_BLOCKS = (((96, 11, 4),), ((256, 5, 1),), ((384, 3, 1), (384, 3, 1), (256, 3, 1)))
 _ALEXNET_CONV1_PADDING = 2
+# Zero padding of the (normalised) input before the body, one more pixel with Sobel: the
+# reference's VGG-16 pads by 1 (2 with Sobel); DeepCluster's AlexNet only pads for Sobel.
+_INPUT_PADDING = {"small": 1, "alexnet": 0, "vgg16_bn": 1}
 _BN_MOMENTUM = 0.9  # keras convention; torch's momentum=0.1
 _BN_EPSILON = 1e-5
 _DROPOUT_RATE = 0.5
@@ -82,8 +86,7 @@ def build_backbone(
     seeds = _SeedStream(seed)
     inputs = keras.Input((image_size, image_size, 3), dtype="float32", name="image")
     x = ImageNormalization(name="normalize")(inputs)
-    if sobel:
-        x = GreySobel(name="grey_sobel")(x)
+    x = padded_input(x, _INPUT_PADDING[arch], sobel)
     if arch == "alexnet":
         x = _alexnet_body(x, seeds, sync_batchnorm)
     else:

@@ -79,7 +79,8 @@ class ReclusterCallback(keras.callbacks.Callback):
             self._report(cycle)
         self._swap_tables()
         if reset:
-            model_lib.reset_heads(self.model, reclustering.cycle_seed(self.config.seed, cycle, 2))
+            model_lib.reset_heads(self.model, reclustering.cycle_seed(self.config.seed, cycle, 2),
+                                  keep_super_head=self.config.super_clusters == 1)
         self._cycle = cycle
 
     def _saved_for_all(self, path: str) -> bool:

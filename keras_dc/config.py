@@ -69,6 +69,7 @@ class Config:
     lr: float = 0.05
     momentum: float = 0.9
     weight_decay: float = 1e-5
+    decoupled_weight_decay: bool = False
     sampling: str = "uniform"
     min_crop_scale: float = 0.08
     flip: bool = True

@@ -48,33 +48,40 @@ class LabelTables:
         self.epoch.assign(epoch)
 
 
-def crop_boxes(seed: tf.Tensor, batch: int, min_crop_scale: float) -> tf.Tensor:
-    """Random resized crop boxes (y1, x1, y2, x2 in [0, 1]): area in [min_crop_scale, 1], aspect in [3/4, 4/3].
+def crop_boxes(seed: tf.Tensor, aspects: tf.Tensor, min_crop_scale: float) -> tf.Tensor:
+    """Random resized crop boxes (y1, x1, y2, x2 in [0, 1]) for images of width/height `aspects` (B,).
 
-    The aspect ratio is clipped to what the drawn area allows, so every box fits
-    the image without retries (a full-area draw gives the whole image).
+    Each box has a pixel aspect ratio in [3/4, 4/3] whatever the image's shape, so no view is
+    ever squashed. Its area is a fraction in [min_crop_scale, 1] of the image: the drawn ratio
+    is moved into the range where that area fits (no retries); if none does (an elongated
+    image and a large area), the box is shrunk to fit, its aspect kept, as torch falls back to.
     """
-    uniform = tf.random.stateless_uniform([batch, 4], seed)
+    uniform = tf.random.stateless_uniform([tf.shape(aspects)[0], 4], seed)
     area = min_crop_scale + (1.0 - min_crop_scale) * uniform[:, 0]
     ratio = tf.exp(math.log(3 / 4) + math.log(16 / 9) * uniform[:, 1])
-    ratio = tf.clip_by_value(ratio, area, 1.0 / area)
-    width, height = tf.sqrt(area * ratio), tf.sqrt(area / ratio)
+    ratio = tf.clip_by_value(tf.clip_by_value(ratio, area * aspects, aspects / area), 3 / 4, 4 / 3)
+    width, height = tf.sqrt(area * ratio / aspects), tf.sqrt(area * aspects / ratio)
+    fit = tf.minimum(1.0, 1.0 / tf.maximum(width, height))
+    width, height = width * fit, height * fit
     left, top = uniform[:, 2] * (1.0 - width), uniform[:, 3] * (1.0 - height)
     return tf.stack([top, left, top + height, left + width], axis=1)
 
 
-def train_view(images: tf.Tensor, rotations: tf.Tensor, image_size: int, seed: tf.Tensor,
-               min_crop_scale: float, flip: bool = True) -> tf.Tensor:
-    """Training view of a batch: random resized crop, horizontal flip (if `flip`), then each image's rotation.
+def random_crops(images: tf.Tensor, image_size: int, seed: tf.Tensor, min_crop_scale: float) -> tf.Tensor:
+    """Random resized crops (float32, image_size square) of a batch of same-sized images, or of one image."""
+    batched = images.shape.rank == 4
+    images = tf.cast(images if batched else images[None], tf.float32)
+    shape = tf.cast(tf.shape(images), tf.float32)
+    aspects = tf.fill([tf.shape(images)[0]], shape[2] / shape[1])
+    boxes = crop_boxes(seed, aspects, min_crop_scale)
+    views = tf.image.crop_and_resize(images, boxes, tf.range(tf.shape(images)[0]), (image_size, image_size))
+    return views if batched else views[0]
 
-    Works on whole batches (one crop_and_resize, no per-example ops) so that the
-    input pipeline stays cheap next to the train step; reproducible from `seed`.
-    """
-    batch = tf.shape(images)[0]
-    crop_seed, flip_seed = tf.unstack(tf.random.experimental.stateless_split(seed, 2))
-    boxes = crop_boxes(crop_seed, batch, min_crop_scale)
-    views = tf.image.crop_and_resize(tf.cast(images, tf.float32), boxes, tf.range(batch), (image_size, image_size))
-    flips = tf.cast(tf.random.stateless_uniform([batch], flip_seed) < (0.5 if flip else 0.0), tf.int32)
+
+def flip_and_rotate(views: tf.Tensor, rotations: tf.Tensor, seed: tf.Tensor, flip: bool = True) -> tf.Tensor:
+    """Horizontal flip (if `flip`, with probability 1/2), then each square view's rotation, in one gather."""
+    batch, image_size = tf.shape(views)[0], views.shape[1]
+    flips = tf.cast(tf.random.stateless_uniform([batch], seed) < (0.5 if flip else 0.0), tf.int32)
     transform = tf.gather(dihedral_index_maps(image_size), flips * hierarchy.NUM_ROTATIONS + rotations)
     pixels = tf.reshape(views, [batch, image_size * image_size, 3])
     return tf.reshape(tf.gather(pixels, transform, batch_dims=1), [batch, image_size, image_size, 3])
@@ -116,32 +123,41 @@ def training_dataset(source: ImageSource, tables: LabelTables, image_size: int, 
     """
     worker, workers = shard
     steps = tables.plan_size // workers // batch_size
-    load_size = round(image_size * CLUSTERING_RESIZE_RATIO)
+    max_side = round(image_size / math.sqrt(min_crop_scale))
 
     def epoch_plan(_):
         plan = (tf.range(tables.plan_size, dtype=tf.int64), tables.plan_indices.read_value(),
                 tables.plan_rotations.read_value())
         return tf.data.Dataset.from_tensor_slices(plan).shard(workers, worker)
 
-    def labelled_batch(positions, indices, rotations, images):
-        batch_seed = tf.stack([tf.constant(seed, tf.int64), tables.epoch * tables.plan_size + positions[0]])
-        views = train_view(images, rotations, image_size, batch_seed, min_crop_scale, flip)
+    def example_seed(position):
+        return tf.stack([tf.constant(seed, tf.int64), tables.epoch * tables.plan_size + position])
+
+    def cropped_example(position, index, rotation):
+        crop_seed = tf.random.experimental.stateless_split(example_seed(position), 2)[0]
+        image = bounded_image(source.load(index), max_side)
+        return position, index, rotation, random_crops(image, image_size, crop_seed, min_crop_scale)
+
+    def cropped_batch(positions, indices, rotations):
+        crop_seed = tf.random.experimental.stateless_split(example_seed(positions[0]), 2)[0]
+        return positions, indices, rotations, random_crops(source.load(indices), image_size, crop_seed,
+                                                           min_crop_scale)
+
+    def labelled_batch(positions, indices, rotations, crops):
+        flip_seed = tf.random.experimental.stateless_split(example_seed(positions[0]), 2)[1]
         targets = {
             "super": hierarchy.super_target(tf.gather(tables.super_ids, indices), rotations, rotation),
             "sub": tf.gather(tables.sub_ids, indices),
             "weight": tf.gather(tables.weights, indices),
             "index": indices,
         }
-        return views, targets
+        return flip_and_rotate(crops, rotations, flip_seed, flip), targets
 
     dataset = tf.data.Dataset.from_tensors(0).flat_map(epoch_plan)
-    if source.images is not None:  # in memory: gather whole batches, no per-example work
-        dataset = dataset.batch(batch_size, drop_remainder=True).map(
-            lambda positions, indices, rotations: (positions, indices, rotations, source.load(indices)))
-    else:
-        dataset = dataset.map(lambda position, index, rot: (position, index, rot,
-                                                            fixed_size_image(source, index, load_size)),
-                              num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
+    if source.same_size:  # in memory and one size: crop whole batches, no per-example work
+        dataset = dataset.batch(batch_size, drop_remainder=True).map(cropped_batch)
+    else:  # each image cropped from its own shape, then batched
+        dataset = dataset.map(cropped_example, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
         dataset = dataset.batch(batch_size, drop_remainder=True)
     dataset = dataset.map(labelled_batch, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
     dataset = dataset.take(steps).prefetch(tf.data.AUTOTUNE)  # shards may differ by one batch
@@ -160,23 +176,29 @@ def distributed_training_dataset(strategy: tf.distribute.Strategy, make: Callabl
     return strategy.distribute_datasets_from_function(pipeline)
 
 
-def fixed_size_image(source: ImageSource, index: tf.Tensor, size: int) -> tf.Tensor:
-    """Image `index` of a folder as uint8, resized to size x size so that it can be batched."""
-    image = source.load(index)
-    resized = tf.image.resize(image, (size, size), antialias=True)
-    return tf.cast(tf.clip_by_value(tf.round(resized), 0, 255), tf.uint8)
+def bounded_image(image: tf.Tensor, max_side: int) -> tf.Tensor:
+    """`image` shrunk (aspect kept, antialiased) so that its shorter side is at most `max_side`.
+
+    Bounds the memory and the work of decoding large photos; a crop of the smallest area
+    still has about image_size pixels a side, so nothing is lost to upsampling.
+    """
+    shape = tf.cast(tf.shape(image)[:2], tf.float32)
+    scale = tf.minimum(1.0, max_side / tf.reduce_min(shape))
+    size = tf.maximum(tf.cast(tf.round(shape * scale), tf.int32), 1)
+    return tf.cond(scale < 1.0, lambda: tf.image.resize(image, size, antialias=True),
+                   lambda: tf.cast(image, tf.float32))
 
 
 def clustering_dataset(source: ImageSource, image_size: int, batch_size: int,
                        indices: np.ndarray | None = None) -> tf.data.Dataset:
     """All images (or `indices`) in fixed order, centre-cropped, not rotated, for feature extraction.
 
-    In-memory images share one size, so they are viewed a whole batch at a time; files one by one.
+    Same-sized in-memory images are viewed a whole batch at a time, others one by one.
     """
     order = np.arange(source.num_images) if indices is None else np.asarray(indices)
     dataset = tf.data.Dataset.from_tensor_slices(order.astype(np.int32))
     view = lambda index: center_view(source.load(index), image_size)  # noqa: E731
-    if source.images is not None:
+    if source.same_size:
         dataset = dataset.batch(batch_size).map(view, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
     else:
         dataset = dataset.map(view, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True).batch(batch_size)

@@ -1,4 +1,4 @@
-"""PCA with whitening fitted on feature shards (METHOD.md, cycle steps 2-3, over several workers).
+"""PCA with whitening fitted on feature shards (docs/method.md, cycle steps 2-3, over several workers).
 
 The mean and the covariance are sums over rows, so each worker sums its own
 rows and the sums are all-reduced; worker 0's eigen-decomposition is then

@@ -1,6 +1,6 @@
 """Per-group sub-class heads: S linear heads, each example routed to one.
 
-METHOD.md requires the cost per example to be one head's, never S heads'. The
+docs/method.md requires the cost per example to be one head's, never S heads'. The
 batch is partitioned by route (the example's super-class), each part goes
 through its own head with one matmul, and the results are stitched back in
 batch order, so a batch costs B * D * units multiply-adds whatever S is.

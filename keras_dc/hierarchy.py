@@ -1,4 +1,4 @@
-"""Label arithmetic of the two-level hierarchy (METHOD.md, "The hierarchy"): the only place that
+"""Label arithmetic of the two-level hierarchy (docs/method.md, "The hierarchy"): the only place that
 knows S, k/m and how (super-cluster, sub-cluster, rotation) become targets and cluster ids.
 
 An image in super-cluster s and sub-cluster z (local to s), shown rotated by r,

@@ -1,4 +1,4 @@
-"""Hierarchical k-means over feature shards, the one k-means of keras-dc (METHOD.md, cycle steps 2-5,
+"""Hierarchical k-means over feature shards, the one k-means of keras-dc (docs/method.md, cycle steps 2-5,
 and "Scale of the reference"): training, evaluation and the benchmarks all cluster with it.
 
 Each worker holds a contiguous shard of the rows (a memory-mapped cache). In

@@ -1,8 +1,8 @@
-"""Fixed (weight-free) input layers: ImageNet normalisation and grey + Sobel.
+"""Fixed input layers: ImageNet normalisation, then zero padding and grey + Sobel.
 
-Both are registered Keras serialisables, so a `.keras` file that contains them
-loads with `import keras_dc.layers` and `keras.models.load_model` in safe mode.
-Images are channels-last.
+ImageNormalization is a registered Keras serialisable, so a `.keras` file loads with
+`import keras_dc.layers` and `keras.models.load_model` in safe mode; the padding, grey
+and Sobel stages are built-in Keras layers with fixed weights. Images are channels-last.
 """
 
 from collections.abc import Sequence
@@ -15,7 +15,6 @@ from keras import ops
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
-LUMA_WEIGHTS = (0.299, 0.587, 0.114)
 # Sobel kernels of the reference (DeeperCluster `create_sobel_layer`), indexed
 # [row, column] and applied as cross-correlation, like torch and keras convs.
 SOBEL_KERNELS = (
@@ -56,32 +55,24 @@ class ImageNormalization(keras.layers.Layer):
         return {**super().get_config(), "mean": list(self.mean), "std": list(self.std)}
 
 
-@keras.saving.register_keras_serializable(package="keras_dc")
-class GreySobel(keras.layers.Layer):
-    """RGB to grey (fixed channel weights), then two fixed 3x3 Sobel filters.
+def padded_input(x, arch_padding: int, sobel: bool):
+    """The reference's input stage (docs/method.md): zero padding, then grey and Sobel as fixed convs.
 
-    Output channel 0 responds to horizontal intensity changes (vertical edges),
-    channel 1 to vertical changes; 'same' zero padding keeps the spatial size.
-    The filters are cross-correlations with `SOBEL_KERNELS`, as in the reference.
+    The padding is `arch_padding` pixels, one more with Sobel, whose 3x3 filters are 'valid'
+    convolutions (so they see the same zeros as torch's padding). Grey is the mean of R, G, B.
+    Built-in, non-trainable Conv2D layers with zero biases, so that the reference's
+    `sobel.{0,1}.{weight,bias}` map onto `grey` and `sobel` one to one.
     """
-
-    def __init__(self, grey_weights: Sequence[float] = LUMA_WEIGHTS, **kwargs):
-        kwargs.setdefault("trainable", False)
-        super().__init__(**kwargs)
-        if len(grey_weights) != 3:
-            raise ValueError(f"grey_weights must have 3 entries (R, G, B), got {grey_weights}")
-        self.grey_weights = tuple(float(w) for w in grey_weights)
-
-    def call(self, inputs):
-        weights = ops.convert_to_tensor(np.asarray(self.grey_weights), dtype=inputs.dtype)
-        grey = ops.sum(inputs * weights, axis=-1, keepdims=True)
-        # (rows, cols, in=1, out=2), the layout keras.ops.conv expects.
-        kernel = np.asarray(SOBEL_KERNELS).transpose(1, 2, 0)[:, :, None, :]
-        kernel = ops.convert_to_tensor(kernel, dtype=inputs.dtype)
-        return ops.conv(grey, kernel, strides=1, padding="same")
-
-    def compute_output_shape(self, input_shape):
-        return (*input_shape[:-1], 2)
-
-    def get_config(self) -> dict:
-        return {**super().get_config(), "grey_weights": list(self.grey_weights)}
+    padding = arch_padding + int(sobel)
+    if padding:
+        x = keras.layers.ZeroPadding2D(padding, name="input_pad")(x)
+    if not sobel:
+        return x
+    grey = keras.layers.Conv2D(1, 1, trainable=False, name="grey")
+    sobel_conv = keras.layers.Conv2D(len(SOBEL_KERNELS), 3, padding="valid", trainable=False, name="sobel")
+    x = sobel_conv(grey(x))
+    grey.set_weights([np.full((1, 1, 3, 1), 1.0 / 3.0, np.float32), np.zeros(1, np.float32)])
+    # (rows, cols, in=1, out=2), the layout of a Keras Conv2D kernel.
+    kernel = np.asarray(SOBEL_KERNELS, np.float32).transpose(1, 2, 0)[:, :, None, :]
+    sobel_conv.set_weights([kernel, np.zeros(len(SOBEL_KERNELS), np.float32)])
+    return x

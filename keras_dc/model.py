@@ -2,7 +2,7 @@
 
 A Keras functional model with inputs {"image", "route"} and outputs
 {"super", "sub"}. During training the route is the example's true super-class
-(METHOD.md: the sub-class loss uses the true super-class's head); at inference
+(docs/method.md: the sub-class loss uses the true super-class's head); at inference
 a caller may route by the predicted super-class.
 """
 
@@ -44,18 +44,37 @@ class DeeperClusterModel(keras.Model):
         return [self.get_layer("super_head"), self.get_layer("sub_heads")]
 
     def train_step(self, data):
+        """One SGD step with the reference's averaging (docs/method.md, "How gradients are averaged").
+
+        The body and the super-class head get the batch mean of w * (CE_super + CE_sub); sub-class
+        head j gets sum w_i * dCE_sub_i / n_j over the examples routed to it, n_j being the sum of
+        their weights over the whole (all-replica) batch: its own mean, not n_j / B of it.
+        """
         images, targets = data
         replicas = tf.distribute.get_strategy().num_replicas_in_sync
-        with tf.GradientTape() as tape:
-            outputs = self({"image": images, "route": targets["super"]}, training=True)
+        batch = tf.cast(tf.shape(images)[0] * replicas, tf.float32)
+        weights = tf.cast(targets["weight"], tf.float32)
+        routes = tf.cast(targets["super"], tf.int32)
+        head_sizes = _all_replica_sum(tf.math.unsorted_segment_sum(weights, routes, self.super_classes))
+        with tf.GradientTape(persistent=True) as tape:
+            outputs = self({"image": images, "route": routes}, training=True)
             losses = self._per_example_losses(outputs, targets)
-            total = tf.reduce_sum(targets["weight"] * (losses["super"] + losses["sub"]))
-            loss = total / tf.cast(tf.shape(images)[0] * replicas, tf.float32)
-            scaled = self.optimizer.scale_loss(loss)
-        gradients = tape.gradient(scaled, self.trainable_variables)
-        self.optimizer.apply(gradients, self.trainable_variables)
+            body_loss = tf.reduce_sum(weights * (losses["super"] + losses["sub"])) / batch
+            head_loss = tf.reduce_sum(tf.math.divide_no_nan(weights, tf.gather(head_sizes, routes)) * losses["sub"])
+            scaled = [self.optimizer.scale_loss(loss) for loss in (body_loss, head_loss)]
+        sub_heads, others = self._variables_by_loss()
+        gradients = dict(zip(map(id, others), tape.gradient(scaled[0], others)))
+        gradients.update(zip(map(id, sub_heads), tape.gradient(scaled[1], sub_heads)))
+        del tape
+        self.optimizer.apply([gradients[id(v)] for v in self.trainable_variables], self.trainable_variables)
         self._update_metrics(outputs, targets, losses)
         return {name: tracker.result() for name, tracker in self._trackers.items()}
+
+    def _variables_by_loss(self) -> tuple[list, list]:
+        """The sub-class heads' trainable variables, and all the others (body and super-class head)."""
+        sub_heads = self.get_layer("sub_heads").trainable_variables
+        head_ids = {id(variable) for variable in sub_heads}
+        return sub_heads, [v for v in self.trainable_variables if id(v) not in head_ids]
 
     @staticmethod
     def _per_example_losses(outputs, targets) -> dict:
@@ -74,9 +93,20 @@ class DeeperClusterModel(keras.Model):
         self._trackers["full_top1"].update_state(hits["super"] * hits["sub"])
 
 
-def reset_heads(model: DeeperClusterModel, seed: int) -> None:
-    """Re-draws both heads and zeroes their optimizer slots (METHOD.md, cycle step 6)."""
+def _all_replica_sum(value: tf.Tensor) -> tf.Tensor:
+    """`value` summed over all replicas (itself on one device)."""
+    return tf.distribute.get_replica_context().all_reduce(tf.distribute.ReduceOp.SUM, value)
+
+
+def reset_heads(model: DeeperClusterModel, seed: int, keep_super_head: bool = False) -> None:
+    """Re-draws the heads and zeroes their optimizer slots (docs/method.md, cycle step 6).
+
+    With `keep_super_head` (one super-cluster: its targets are the rotations, which never
+    change) the super-class head and its momentum are kept, as the reference does.
+    """
     for offset, layer in enumerate(model.head_layers):
+        if keep_super_head and layer.name == "super_head":
+            continue
         heads.reinitialize_dense(layer, seed * 2 + offset)
         for variable in layer.trainable_weights:
             for slot in optimizer_slots(model.optimizer, variable):

@@ -1,4 +1,4 @@
-"""PCA with whitening, the feature reduction before k-means (METHOD.md, cycle step 2)."""
+"""PCA with whitening, the feature reduction before k-means (docs/method.md, cycle step 2)."""
 
 from __future__ import annotations
 
@@ -7,7 +7,9 @@ from dataclasses import dataclass
 
 import numpy as np
 
-_EIG_EPS_REL = 1e-8
+# Eigenvalues below this fraction of the largest are raised to it (the reference's PCA).
+_EIG_FLOOR_REL = 1e-5
+_EIG_FLOOR_ZERO = 1e-8  # the floor when the covariance is zero
 _CHUNK_ELEMENTS = 2**24
 
 
@@ -37,7 +39,7 @@ class PCA:
         return out
 
     def reduce(self, x: np.ndarray, out: np.ndarray | None = None) -> np.ndarray:
-        """The rows as k-means sees them (METHOD.md, cycle steps 2-3): reduced, whitened, L2-normalised."""
+        """The rows as k-means sees them (docs/method.md, cycle steps 2-3): reduced, whitened, L2-normalised."""
         out = self.apply(x, out=out)
         normalize_rows(out)
         return out
@@ -109,14 +111,19 @@ def fit_pca(
     return pca_from_moments(mean, cov, dim, whitening_power)
 
 
+def _floored(eigenvalues: np.ndarray) -> np.ndarray:
+    """Eigenvalues (largest first) with those below 1e-5 * the largest raised to it, as the reference
+    regularises the whitening (docs/method.md): near-null directions never get full weight."""
+    largest = eigenvalues[0]
+    return np.maximum(eigenvalues, _EIG_FLOOR_REL * largest if largest > 0 else _EIG_FLOOR_ZERO)
+
+
 def pca_from_moments(mean: np.ndarray, cov: np.ndarray, dim: int, whitening_power: float = 0.5) -> PCA:
     """The PCA of data with this mean and covariance, keeping min(dim, d_in) directions; lets
     workers fit one PCA from moments summed over their shards."""
     eigenvalues, vectors = np.linalg.eigh(cov)
     order = np.argsort(eigenvalues)[::-1][: min(dim, cov.shape[0])]
-    eigenvalues = np.clip(eigenvalues[order], 0.0, None)
-    largest = eigenvalues[0]
-    eigenvalues = eigenvalues + (_EIG_EPS_REL * largest if largest > 0 else _EIG_EPS_REL)
+    eigenvalues = _floored(eigenvalues[order])
     return PCA(
         mean=mean.astype(np.float32),
         components=np.ascontiguousarray(vectors[:, order].T, dtype=np.float32),

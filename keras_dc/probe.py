@@ -1,12 +1,14 @@
-"""Linear probes on a frozen backbone (METHOD.md, "Evaluation protocol").
+"""Linear probes on a frozen backbone (docs/evaluation.md, docs/method.md "Evaluation protocol").
 
-One forward pass per image feeds every probed layer: a tap model outputs each
-selected conv layer, average-pooled until it has at most `max_dim` values, and
-the final features. The pooled activations are cached, standardised with the
-training rows' mean and deviation (an affine map, so the probe stays linear)
-and one softmax-regression head per layer (per layer and learning rate during
-k-fold selection) is trained by SGD on shared batches. The centre view is used,
-without augmentation.
+Two protocols. "fast" (the default): one forward pass per image feeds every
+probed layer: a tap model outputs each selected conv layer, average-pooled until
+it has at most `max_dim` values, and the final features. The pooled activations
+are cached, standardised with the training rows' mean and deviation (an affine
+map, so the probe stays linear) and one softmax-regression head per layer (per
+layer and learning rate during k-fold selection) is trained by SGD on shared
+batches of the centre view. "reference": the reference's eval_linear.py: no
+standardisation, a new random resized crop + flip of every training image each
+epoch, SGD with coupled decay and lr_t = lr_0 / sqrt(1 + lr_0 * wd * t).
 """
 
 from __future__ import annotations
@@ -22,7 +24,7 @@ from sklearn.model_selection import StratifiedKFold, train_test_split
 import keras_dc  # noqa: F401  (selects the TensorFlow backend)
 import keras
 
-from keras_dc import data, evaluation
+from keras_dc import data, evaluation, optimizer as optimizer_lib
 from keras_dc.sources import ImageSource
 
 FEATURES = "features"  # tap-model output holding the backbone's own output (fc7)
@@ -42,7 +44,8 @@ class ProbeSettings:
     """How the linear classifiers are trained: SGD with momentum, weight decay and a cosine schedule.
 
     With several `lrs`, each layer's is chosen by stratified `kfold` cross-validation on the training rows.
-    Weight decay is Keras SGD's (w -= lr * weight_decay * w each step).
+    Weight decay is Keras SGD's (w -= lr * weight_decay * w each step). `protocol="reference"` trains
+    on augmented views instead (see `reference_probe`), with one learning rate and coupled decay.
     """
 
     lrs: tuple[float, ...] = (1.0, 0.1, 0.01)
@@ -52,6 +55,25 @@ class ProbeSettings:
     momentum: float = 0.9
     weight_decay: float = 1e-4
     seed: int = 0
+    protocol: str = "fast"
+    min_crop_scale: float = 0.08  # of the reference protocol's training view
+    flip: bool = True
+
+
+@keras.saving.register_keras_serializable(package="keras_dc")
+class InverseSqrtDecay(keras.optimizers.schedules.LearningRateSchedule):
+    """lr_t = lr_0 / sqrt(1 + lr_0 * weight_decay * t) at iteration t, the reference probe's schedule."""
+
+    def __init__(self, initial_learning_rate: float, weight_decay: float):
+        self.initial_learning_rate = initial_learning_rate
+        self.weight_decay = weight_decay
+
+    def __call__(self, step):
+        lr = self.initial_learning_rate
+        return lr / tf.sqrt(1.0 + lr * self.weight_decay * tf.cast(step, tf.float32))
+
+    def get_config(self):
+        return {"initial_learning_rate": self.initial_learning_rate, "weight_decay": self.weight_decay}
 
 
 def pool_size(height: int, width: int, channels: int, max_dim: int) -> int:
@@ -194,6 +216,51 @@ def linear_probe(train: dict[str, np.ndarray], train_labels: np.ndarray, val: di
     return results
 
 
+def reference_probe(model: keras.Model, layer_names: list[str], source: ImageSource, split: ProbeSplit,
+                    settings: ProbeSettings) -> dict[str, dict]:
+    """The reference's linear probe (eval_linear.py): per layer, avg-pool + linear on raw activations, trained
+    on a new random resized crop + flip of every training image each epoch (the frozen network in inference
+    mode), SGD with coupled decay and lr_0 / sqrt(1 + lr_0 * wd * t); top-1/top-5 on the centre view."""
+    image_size = model.input_shape[1]
+    tables = data.LabelTables(source.num_images, len(split.train_rows))
+    tables.set_assignments(np.zeros(source.num_images), source.labels, np.ones(source.num_images))
+    dataset = data.training_dataset(source, tables, image_size, settings.batch_size, rotation=False,
+                                    seed=settings.seed, min_crop_scale=settings.min_crop_scale, flip=settings.flip)
+    heads = {}
+    for name in layer_names:
+        head = keras.layers.Dense(split.num_classes, dtype="float32", name=f"probe_{name}",
+                                  kernel_initializer=keras.initializers.VarianceScaling(  # torch's nn.Linear
+                                      1.0 / 3.0, "fan_in", "uniform", seed=settings.seed))
+        head.build((None, split.train[name].shape[1]))
+        optimizer = optimizer_lib.SGD(InverseSqrtDecay(settings.lrs[0], settings.weight_decay),
+                                      momentum=settings.momentum, weight_decay=settings.weight_decay)
+        optimizer.build(head.trainable_variables)
+        heads[name] = (head, optimizer)
+
+    @tf.function
+    def step(images, labels):
+        taps = model(images, training=False)
+        with tf.GradientTape() as tape:
+            losses = [tf.reduce_mean(keras.losses.sparse_categorical_crossentropy(labels, head(taps[name]),
+                                                                                  from_logits=True))
+                      for name, (head, _) in heads.items()]
+        gradients = tape.gradient(losses, [head.trainable_variables for head, _ in heads.values()])
+        for (head, optimizer), gradient in zip(heads.values(), gradients):
+            optimizer.apply(gradient, head.trainable_variables)
+
+    rng = np.random.default_rng(settings.seed)
+    for epoch in range(settings.epochs):
+        tables.set_plan(rng.permutation(split.train_rows), np.zeros(len(split.train_rows)), epoch)
+        for images, targets in dataset:
+            step(images, targets["sub"])
+    results = {}
+    for name, (head, _) in heads.items():
+        scores = split.val[name] @ head.kernel.numpy() + head.bias.numpy()
+        results[name] = {"top1": evaluation.topk_accuracy(scores, split.val_labels, 1),
+                         "top5": evaluation.topk_accuracy(scores, split.val_labels, 5), "lr": settings.lrs[0]}
+    return results
+
+
 @dataclasses.dataclass
 class EvaluationSettings:
     """Everything `evaluate_backbone` needs besides the network and the images."""
@@ -220,6 +287,7 @@ class ProbeSplit:
     val_labels: np.ndarray
     source: dict[str, np.ndarray]
     source_labels: np.ndarray
+    train_rows: np.ndarray  # the training rows' indices in the training source
 
     @property
     def num_classes(self) -> int:
@@ -235,9 +303,9 @@ def split_features(model: keras.Model, train_source: ImageSource, val_source: Im
     if val_source is None:
         fit_rows, held_rows = holdout(labels, settings.val_fraction, settings.probe.seed)
         return ProbeSplit(take(everything, fit_rows), labels[fit_rows], take(everything, held_rows),
-                          labels[held_rows], everything, labels)
+                          labels[held_rows], everything, labels, fit_rows)
     val = extract(model, val_source, image_size, settings.extract_batch_size)
-    return ProbeSplit(everything, labels, val, val_source.labels, everything, labels)
+    return ProbeSplit(everything, labels, val, val_source.labels, everything, labels, np.arange(len(labels)))
 
 
 def evaluate_backbone(backbone: keras.Model, layer_names: list[str], train_source: ImageSource,
@@ -252,8 +320,12 @@ def evaluate_backbone(backbone: keras.Model, layer_names: list[str], train_sourc
     model, shapes = tap_model(backbone, layer_names, settings.max_dim)
     split = split_features(model, train_source, val_source, settings)
     extracted = time.perf_counter()
-    probes = linear_probe(take_layers(split.train, layer_names), split.train_labels,
-                          take_layers(split.val, layer_names), split.val_labels, split.num_classes, settings.probe)
+    if settings.probe.protocol == "reference":
+        probes = reference_probe(model, layer_names, train_source, split, settings.probe)
+    else:
+        probes = linear_probe(take_layers(split.train, layer_names), split.train_labels,
+                              take_layers(split.val, layer_names), split.val_labels, split.num_classes,
+                              settings.probe)
     probed = time.perf_counter()
     knn = evaluation.knn_accuracy(split.train[FEATURES], split.train_labels, split.val[FEATURES], split.val_labels,
                                   split.num_classes, settings.knn_k, settings.knn_temperature)

@@ -39,7 +39,7 @@ def extract_shard_to_cache(backbone: keras.Model, source: ImageSource, image_siz
 def recluster(backbone: keras.Model, source: ImageSource, config: Config, cycle: int,
               previous: Assignment | None, log: Callable[[str], None] = print,
               collective: distribute.Collective | None = None, cache: CacheSettings | None = None) -> Assignment:
-    """Runs cycle steps 1-5 of METHOD.md and measures the result. Each worker of `collective`
+    """Runs cycle steps 1-5 of docs/method.md and measures the result. Each worker of `collective`
     extracts and caches its shard of the images; all workers return the same assignment."""
     start = time.perf_counter()
     if config.k == 1:

@@ -1,5 +1,5 @@
 """Sampling uniform over pseudo-labels, or the equivalent loss weights, so that training
-cannot collapse onto a few large clusters (METHOD.md, "Avoiding trivial solutions"), and the
+cannot collapse onto a few large clusters (docs/method.md, "Avoiding trivial solutions"), and the
 rotations each epoch shows: the sampling policy of --sampling, which the callback only applies."""
 
 from __future__ import annotations

@@ -38,9 +38,19 @@ class ImageSource:
     labels: np.ndarray | None = None
     class_names: tuple[str, ...] | None = None
     unreadable: tuple[str, ...] = ()  # image files of a folder that were left out
+    sizes: np.ndarray | None = None  # (N, 2) heights and widths of images of several shapes, padded into `images`
+
+    @property
+    def same_size(self) -> bool:
+        """Whether the images are in memory and all of one shape, so that a batch can be gathered at once."""
+        return self.images is not None and self.sizes is None
 
     def load(self, index: tf.Tensor) -> tf.Tensor:
-        """The uint8 (H, W, 3) image with this index, as a tensor op (no Python per example)."""
+        """The uint8 (H, W, 3) image with this index, at its own shape, as a tensor op (no Python per
+        example); a vector of indices gathers a batch when the images are all of one shape."""
+        if self.sizes is not None:
+            size = tf.gather(self._size_tensor, index)
+            return tf.gather(self._image_tensor, index)[:size[0], :size[1]]
         if self.images is not None:
             return tf.gather(self._image_tensor, index)
         return decode_file(tf.gather(self._path_tensor, index))
@@ -48,6 +58,8 @@ class ImageSource:
     def __post_init__(self):
         if self.images is not None:
             self._image_tensor = tf.constant(self.images)
+        if self.sizes is not None:
+            self._size_tensor = tf.constant(self.sizes.astype(np.int32))
         if self.paths is not None:
             self._path_tensor = tf.constant(self.paths)
 
@@ -143,7 +155,8 @@ def folder_source(path: str) -> ImageSource:
 
 
 def tfds_source(spec: str, image_size: int, data_dir: str) -> ImageSource:
-    """A TFDS data set the user prepared in `data_dir`, read into memory at image_size."""
+    """A TFDS data set the user prepared in `data_dir`, read into memory with each image's shorter
+    side at what the clustering view needs (image_size * 256/224) and its aspect ratio kept."""
     parts = spec.split(":")
     name, split = parts[1], (parts[2] if len(parts) > 2 else "train")
     if not data_dir or not os.path.isdir(data_dir):
@@ -157,15 +170,33 @@ def tfds_source(spec: str, image_size: int, data_dir: str) -> ImageSource:
     except Exception as error:  # noqa: BLE001 - TFDS raises many types for a missing preparation
         raise SourceError(f"cannot read {name}:{split} from {data_dir} ({type(error).__name__}); "
                           f"prepare it with: tfds build {name} --data_dir={data_dir}") from None
+    shorter_side = round(image_size * 256 / 224)
     images, labels = [], []
     for example in dataset.as_numpy_iterator():
-        image = tf.image.resize(example["image"], (image_size, image_size), antialias=True)
-        images.append(np.clip(np.round(image.numpy()), 0, 255).astype(np.uint8))
+        images.append(shorter_side_resized(example["image"], shorter_side))
         if "label" in example:
             labels.append(example["label"])
-    stacked = np.stack(images)
-    if stacked.shape[-1] == 1:
-        stacked = np.repeat(stacked, 3, axis=-1)
     label_array = np.array(labels, np.int32) if len(labels) == len(images) else None
-    return ImageSource(f"tfds {name}:{split} ({len(images)} images)", len(images), images=stacked,
-                       labels=label_array)
+    return in_memory_source(f"tfds {name}:{split} ({len(images)} images)", images, label_array)
+
+
+def shorter_side_resized(image: np.ndarray, side: int) -> np.ndarray:
+    """A uint8 RGB copy of `image` whose shorter side is `side` pixels, its aspect ratio kept."""
+    height, width = image.shape[:2]
+    scale = side / min(height, width)
+    size = (max(side, round(height * scale)), max(side, round(width * scale)))
+    resized = tf.image.resize(image, size, antialias=True).numpy()
+    resized = np.clip(np.round(resized), 0, 255).astype(np.uint8)
+    return np.repeat(resized, 3, axis=-1) if resized.shape[-1] == 1 else resized
+
+
+def in_memory_source(description: str, images: list[np.ndarray], labels: np.ndarray | None) -> ImageSource:
+    """An ImageSource of these uint8 RGB images; images of several shapes are zero-padded into one
+    array and keep their own sizes, so that every view is taken from the image's true shape."""
+    shapes = np.array([image.shape[:2] for image in images], np.int32)
+    if np.all(shapes == shapes[0]):
+        return ImageSource(description, len(images), images=np.stack(images), labels=labels)
+    padded = np.zeros((len(images), *shapes.max(axis=0), 3), np.uint8)
+    for slot, image in zip(padded, images):
+        slot[:image.shape[0], :image.shape[1]] = image
+    return ImageSource(description, len(images), images=padded, labels=labels, sizes=shapes)

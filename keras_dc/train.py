@@ -12,7 +12,7 @@ import keras_dc  # noqa: F401  (selects the TensorFlow backend)
 import keras
 
 from keras_dc import (backbones, callbacks, config as config_lib, data, distribute, feature_cache, kmeans,
-                      preemption, workdir as workdir_lib)
+                      optimizer as optimizer_lib, preemption, workdir as workdir_lib)
 from keras_dc.config import Config, ConfigError
 from keras_dc.eval_callback import EvaluationCallback
 from keras_dc.model import DeeperClusterModel
@@ -31,12 +31,12 @@ def configure_runtime(config: Config) -> None:
 
 
 def build_model(config: Config, sync_batchnorm: bool = False) -> DeeperClusterModel:
-    """Backbone + heads, compiled with SGD; call inside the strategy's scope."""
+    """Backbone + heads, compiled with torch-style SGD (coupled decay); call inside the strategy's scope."""
     backbone = backbones.build_backbone(config.arch, config.image_size, sobel=config.sobel,
                                         sync_batchnorm=sync_batchnorm, seed=config.seed, name="backbone")
     model = DeeperClusterModel(backbone, config.super_classes, config.sub_classes, name="deepercluster")
-    optimizer = keras.optimizers.SGD(learning_rate=config.lr, momentum=config.momentum,
-                                     weight_decay=config.weight_decay or None)
+    optimizer = optimizer_lib.SGD(learning_rate=config.lr, momentum=config.momentum,
+                                  weight_decay=config.weight_decay, decoupled=config.decoupled_weight_decay)
     model.compile(optimizer=optimizer, jit_compile=config.jit_compile)
     model.optimizer.build(model.trainable_variables)
     return model

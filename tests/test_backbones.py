@@ -20,7 +20,6 @@ from keras_dc.backbones import (
     conv_tap_layers,
     validate_architecture,
 )
-from keras_dc.layers import GreySobel, ImageNormalization
 
 REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 VGG16_WIDTHS = [[64, 64], [128, 128], [256, 256, 256], [512, 512, 512], [512, 512, 512]]
@@ -48,7 +47,7 @@ def _final_spatial(arch, size):
         for _ in range(3):
             size = (size - 3) // 2 + 1
         return size
-    return size // 2 ** (3 if arch == "small" else 5)
+    return (size + 2) // 2 ** (3 if arch == "small" else 5)  # the reference pads the input by 1
 
 
 @pytest.mark.parametrize("arch", ARCHITECTURES)
@@ -172,9 +171,11 @@ def test_initialisation_statistics():
 def test_sobel_front_end(arch, first_kernel):
     model = build_backbone(arch, MIN_IMAGE_SIZE[arch], sobel=True)
     assert tuple(model.get_layer("block1_conv1").kernel.shape) == first_kernel
-    assert [type(layer) for layer in model.layers[1:3]] == [ImageNormalization, GreySobel]
+    assert [layer.name for layer in model.layers[1:5]] == ["normalize", "input_pad", "grey", "sobel"]
+    assert not any(layer.trainable_weights for layer in model.layers[:5])
     plain = build_backbone(arch, MIN_IMAGE_SIZE[arch])
-    assert model.count_params() == plain.count_params() - int(np.prod(first_kernel[:2])) * first_kernel[3]
+    fixed = 3 + 1 + 3 * 3 * 2 + 2  # grey (1x1, 3 -> 1) and Sobel (3x3, 1 -> 2) kernels and zero biases
+    assert model.count_params() == plain.count_params() - int(np.prod(first_kernel[:2])) * first_kernel[3] + fixed
 
 
 def test_sync_batchnorm_flag_reaches_every_bn():

@@ -4,7 +4,7 @@ import numpy as np
 import tensorflow as tf
 
 from keras_dc import data, hierarchy
-from keras_dc.sources import ImageSource, synthetic_source
+from keras_dc.sources import ImageSource, folder_source, in_memory_source, synthetic_source
 
 
 def _asymmetric_source(num_images=6, size=12):
@@ -97,3 +97,39 @@ def test_center_view_of_a_wide_image_is_square_and_centred():
     assert view.shape == (16, 16, 3)
     column_mass = view[..., 0].sum(axis=0)
     assert abs(np.argmax(column_mass) - 7.5) <= 1.5
+
+
+def _checkerboard(height, width, cell=6):
+    rows, cols = np.meshgrid(np.arange(height) // cell, np.arange(width) // cell, indexing="ij")
+    return np.repeat((((rows + cols) % 2) * 255).astype(np.uint8)[..., None], 3, axis=-1)
+
+
+def _width_over_height(view):
+    """How many checkerboard cells a view spans across over how many it spans down: the crop's aspect
+    ratio in the original image's pixels (cells are square there), whatever the view's own shape."""
+    dark = view[..., 0] > 127.5
+    across = np.mean(np.sum(dark[:, 1:] != dark[:, :-1], axis=1))
+    down = np.mean(np.sum(dark[1:] != dark[:-1], axis=0))
+    return across / down
+
+
+def _views(source, num_images):
+    tables = data.LabelTables(num_images, 64)
+    tables.set_plan(np.arange(64) % num_images, np.zeros(64, np.int32), epoch=0)
+    dataset = data.training_dataset(source, tables, 64, 16, rotation=False, seed=3, min_crop_scale=0.5,
+                                    flip=False)
+    return _first_epoch(dataset)[0]
+
+
+def test_a_2_to_1_image_is_cropped_not_squashed(tmp_path):
+    """Crops of a wide (file) or tall (in memory, padded) image keep square cells square, up to the
+    random resized crop's own aspect range [3/4, 4/3]; squashing the image first would give 1.5 to 2.7."""
+    import PIL.Image
+
+    PIL.Image.fromarray(_checkerboard(120, 240)).save(tmp_path / "wide.png")
+    sources = {"folder": folder_source(str(tmp_path)),
+               "in memory": in_memory_source("test", [_checkerboard(120, 240), _checkerboard(240, 120)], None)}
+    for name, source in sources.items():
+        ratios = [_width_over_height(view) for view in _views(source, source.num_images)]
+        assert 0.75 / 1.1 < min(ratios) and max(ratios) < 4 / 3 * 1.1, (name, min(ratios), max(ratios))
+        assert max(ratios) / min(ratios) > 1.2, "the aspect ratio of the crops never varied"

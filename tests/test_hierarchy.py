@@ -1,4 +1,4 @@
-"""Label arithmetic of the hierarchy (METHOD.md: super = 4*s + r, sub local to s)."""
+"""Label arithmetic of the hierarchy (docs/method.md: super = 4*s + r, sub local to s)."""
 
 import dataclasses
 

@@ -7,7 +7,7 @@ from scipy import signal
 import keras_dc  # noqa: F401
 import keras
 
-from keras_dc.layers import GreySobel, ImageNormalization
+from keras_dc.layers import ImageNormalization, padded_input
 
 # Written out independently of keras_dc.layers: Sobel x (row [1, 0, -1] weighted
 # 1, 2, 1 down the rows) and its transpose, applied as cross-correlation.
@@ -19,15 +19,19 @@ def _images(shape=(2, 7, 9, 3), seed=0):
     return np.random.default_rng(seed).uniform(0, 255, shape).astype(np.float32)
 
 
-def _reference_grey_sobel(images, grey_weights=(0.299, 0.587, 0.114)):
-    """Per image: weighted grey, then zero-padded 'same' cross-correlation with each kernel."""
-    grey = images.astype(np.float64) @ np.asarray(grey_weights)
-    return np.stack(
-        [
-            np.stack([signal.correlate2d(g, k, mode="same", boundary="fill") for k in (SOBEL_X, SOBEL_Y)], -1)
-            for g in grey
-        ]
-    )
+def _reference_front_end(images, padding, sobel):
+    """Per image: zero padding, then the mean of R, G, B and 'valid' cross-correlation with each kernel."""
+    padded = np.pad(images.astype(np.float64), ((0, 0), (padding, padding), (padding, padding), (0, 0)))
+    if not sobel:
+        return padded
+    grey = padded.mean(axis=-1)
+    return np.stack([np.stack([signal.correlate2d(g, k, mode="valid") for k in (SOBEL_X, SOBEL_Y)], -1)
+                     for g in grey])
+
+
+def _front_end(padding, sobel, shape=(7, 9, 3)):
+    inputs = keras.Input(shape)
+    return keras.Model(inputs, padded_input(inputs, padding, sobel))
 
 
 def test_normalization_matches_numpy():
@@ -48,63 +52,49 @@ def test_normalization_rejects_mismatched_statistics():
         ImageNormalization(mean=(0.5, 0.5, 0.5), std=(1.0, 1.0))
 
 
-def test_grey_sobel_is_cross_correlation_with_reference_kernels():
+@pytest.mark.parametrize("padding", [0, 1])
+def test_sobel_front_end_is_the_references(padding):
+    """Pad by padding + 1, grey = mean of RGB, 'valid' Sobel: the spatial size grows by 2 * padding."""
     x = _images()
-    out = np.asarray(GreySobel()(x))
-    assert out.shape == (2, 7, 9, 2)
-    expected = _reference_grey_sobel(x)
+    out = np.asarray(_front_end(padding, sobel=True)(x))
+    assert out.shape == (2, 7 + 2 * padding, 9 + 2 * padding, 2)
+    expected = _reference_front_end(x, padding + 1, sobel=True)
     np.testing.assert_allclose(out, expected, rtol=1e-4, atol=1e-2)
     # Sobel kernels are antisymmetric, so true convolution would flip the sign.
     assert not np.allclose(out, -expected, atol=1.0)
 
 
-def test_grey_sobel_custom_grey_weights():
-    x = _images(shape=(1, 5, 6, 3), seed=1)
-    weights = (1 / 3, 1 / 3, 1 / 3)
-    out = np.asarray(GreySobel(grey_weights=weights)(x))
-    np.testing.assert_allclose(out, _reference_grey_sobel(x, weights), rtol=1e-4, atol=1e-2)
+def test_front_end_without_sobel_only_pads():
+    x = _images()
+    np.testing.assert_array_equal(np.asarray(_front_end(1, sobel=False)(x)), _reference_front_end(x, 1, False))
 
 
-def test_grey_sobel_channel_order_on_a_horizontal_ramp():
+def test_sobel_channel_order_on_a_horizontal_ramp():
     ramp = np.tile(np.arange(8, dtype=np.float32), (6, 1))  # grows along columns
     x = np.repeat(ramp[None, :, :, None], 3, axis=-1)
-    out = np.asarray(GreySobel()(x))[0, 1:-1, 1:-1]
+    out = np.asarray(_front_end(0, True, (6, 8, 3))(x))[0, 1:-1, 1:-1]
     np.testing.assert_allclose(out[..., 0], -8.0, rtol=1e-5)  # left minus right, weights 1+2+1, step 2
     np.testing.assert_allclose(out[..., 1], 0.0, atol=1e-5)
 
 
-def test_grey_sobel_constant_image_is_zero_away_from_border():
-    x = np.full((1, 6, 7, 3), 100.0, dtype=np.float32)
-    out = np.asarray(GreySobel()(x))[0]
-    np.testing.assert_allclose(out[1:-1, 1:-1], 0.0, atol=1e-4)
-    assert np.abs(out[0, 1:-1, 1]).min() > 1.0  # the zero padding shows at the border
-
-
-@pytest.mark.parametrize("layer", [ImageNormalization(), GreySobel()], ids=["norm", "sobel"])
-def test_layers_have_no_weights(layer):
-    layer(_images(shape=(1, 4, 4, 3)))
-    assert layer.weights == []
-    assert layer.trainable_weights == []
-    assert not layer.trainable
+def test_front_end_has_no_trainable_weights():
+    model = _front_end(1, sobel=True)
+    assert model.trainable_weights == [] and len(model.non_trainable_weights) == 4
 
 
 def test_from_config_round_trip():
     norm = ImageNormalization(mean=(0.1, 0.2, 0.3), std=(1.0, 2.0, 3.0), name="n")
-    sobel = GreySobel(grey_weights=(0.2, 0.3, 0.5), name="s")
     norm2 = ImageNormalization.from_config(norm.get_config())
-    sobel2 = GreySobel.from_config(sobel.get_config())
     assert (norm2.mean, norm2.std, norm2.name) == (norm.mean, norm.std, "n")
-    assert (sobel2.grey_weights, sobel2.name) == (sobel.grey_weights, "s")
 
 
-def test_model_with_both_layers_round_trips_through_keras_file(tmp_path):
+def test_model_with_the_front_end_round_trips_through_keras_file(tmp_path):
     inputs = keras.Input((8, 8, 3))
-    x = GreySobel(grey_weights=(0.5, 0.25, 0.25))(ImageNormalization(mean=(0.4, 0.4, 0.4))(inputs))
+    x = padded_input(ImageNormalization(mean=(0.4, 0.4, 0.4))(inputs), 1, sobel=True)
     model = keras.Model(inputs, keras.layers.Conv2D(3, 3, name="conv")(x))
     path = tmp_path / "x.keras"
     model.save(path)
     loaded = keras.models.load_model(path, safe_mode=True)
     x = _images(shape=(2, 8, 8, 3))
     np.testing.assert_array_equal(np.asarray(loaded(x)), np.asarray(model(x)))
-    assert [type(layer) for layer in loaded.layers[1:3]] == [ImageNormalization, GreySobel]
-    assert loaded.layers[2].grey_weights == (0.5, 0.25, 0.25)
+    assert type(loaded.layers[1]) is ImageNormalization

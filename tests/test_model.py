@@ -89,3 +89,42 @@ def test_private_keras_apis_still_exist():
     model._maybe_symbolic_build = lambda iterator=None, data_batch=None: calls.append(1)
     model.fit(np.ones((4, 2)), np.ones((4, 1)), epochs=1, verbose=0)
     assert calls, "keras fit no longer calls Model._maybe_symbolic_build"
+
+
+def _heads_across_a_cycle(config, monkeypatch) -> dict:
+    """Each head's weights and momentum just before and after the re-clustering callback resets heads."""
+    snapshots = {}
+    original = model_lib.reset_heads
+
+    def snapshot(model):
+        return {layer.name: [(v.numpy().copy(), model_lib.optimizer_slots(model.optimizer, v)[0].numpy().copy())
+                             for v in layer.trainable_weights] for layer in model.head_layers}
+
+    def recording_reset(model, seed, **kwargs):
+        before = snapshot(model)
+        original(model, seed, **kwargs)
+        snapshots.setdefault("cycles", []).append((before, snapshot(model)))
+
+    monkeypatch.setattr(model_lib, "reset_heads", recording_reset)
+    config.epochs = 2
+    train.train(config, log=lambda line: None)
+    return snapshots["cycles"][1]  # cycle 0 starts from fresh heads; cycle 1 follows an epoch of training
+
+
+def test_rotnet_keeps_its_rotation_head_across_a_cycle(tiny_config, monkeypatch):
+    """k = 1, m = 1: the super-class targets are the rotations; the head and its momentum survive."""
+    tiny_config.k, tiny_config.super_clusters, tiny_config.sampling = 1, 1, "none"
+    before, after = _heads_across_a_cycle(tiny_config, monkeypatch)
+    for (weights, slot), (weights_after, slot_after) in zip(before["super_head"], after["super_head"]):
+        assert np.any(slot != 0)
+        np.testing.assert_array_equal(weights_after, weights)
+        np.testing.assert_array_equal(slot_after, slot)
+
+
+def test_deepercluster_resets_both_heads_and_their_momentum(tiny_config, monkeypatch):
+    before, after = _heads_across_a_cycle(tiny_config, monkeypatch)
+    for name in ("super_head", "sub_heads"):
+        kernel, slot = before[name][0]
+        kernel_after = after[name][0][0]
+        assert np.any(slot != 0) and not np.allclose(kernel_after, kernel)
+        assert all(np.all(slot_after == 0) for _, slot_after in after[name])

@@ -102,3 +102,15 @@ def test_l2_normalize():
     out = l2_normalize(x)
     assert out.dtype == np.float32
     np.testing.assert_allclose(out, [[0.6, 0.8], [0.0, 0.0], [-1.0, 0.0]])
+
+
+def test_small_eigenvalues_are_raised_to_1e5_of_the_largest():
+    """The reference regularises whitening: eigenvalues below 1e-5 * max become 1e-5 * max, others stay."""
+    rng = np.random.default_rng(0)
+    scales = np.array([10.0, 1.0, 1e-2, 1e-4, 0.0])
+    x = rng.normal(size=(5000, 5)) * scales
+    pca = fit_pca(x, dim=5)
+    values = _reference(x, 5)[0]
+    expected = np.maximum(values, 1e-5 * values[0])
+    np.testing.assert_allclose(pca.eigenvalues, expected, rtol=1e-4)
+    assert expected[3] == 1e-5 * values[0] and values[3] < expected[3]

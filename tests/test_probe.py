@@ -64,8 +64,10 @@ def test_tap_model_pools_every_layer_under_max_dim_by_averaging(backbone):
         assert outputs[name].shape == (3, shapes[name]["dim"]) and shapes[name]["dim"] <= 600
         raw = keras.Model(backbone.input, backbone.get_layer(name).output).predict(images, verbose=0)
         window = shapes[name]["pool"]
-        cells = [[raw[:, r:r + window, c:c + window].mean(axis=(1, 2)) for c in range(0, raw.shape[2], window)]
-                 for r in range(0, raw.shape[1], window)]
+        # 'same' padding centres the windows: the padding left over is split, the smaller half first.
+        first = [-((math.ceil(n / window) * window - n) // 2) for n in raw.shape[1:3]]
+        cells = [[raw[:, max(r, 0):r + window, max(c, 0):c + window].mean(axis=(1, 2))
+                  for c in range(first[1], raw.shape[2], window)] for r in range(first[0], raw.shape[1], window)]
         np.testing.assert_allclose(outputs[name], np.stack([np.stack(row, 1) for row in cells], 1).reshape(3, -1),
                                    rtol=1e-4, atol=1e-5)
     assert max(shape["pool"] for shape in shapes.values()) > 1
@@ -163,7 +165,8 @@ def _run_tool(*args):
 @pytest.mark.parametrize("args, flag", [(["--random_init", "--lrs=0.1,fast"], "--lrs"),
                                         (["--random_init", "--lrs=0.1,0.2", "--kfold=0"], "--kfold"),
                                         (["--random_init", "--val_fraction=1.5"], "--val_fraction"),
-                                        (["--workdir=/x", "--random_init"], "--workdir")])
+                                        (["--workdir=/x", "--random_init"], "--workdir"),
+                                        (["--random_init", "--protocol=reference", "--lrs=0.1,0.2"], "--lrs")])
 def test_tool_rejects_a_bad_flag_with_one_line(args, flag):
     result = _run_tool(*args)
     assert result.returncode == 2
@@ -181,3 +184,22 @@ def test_tool_writes_the_report_for_a_random_init_baseline(tmp_path):
     assert list(report["layers"]) == ["block1_relu1", "block2_relu1", "block3_relu2"]
     assert all(set(row) >= {"top1", "top5", "dim"} for row in report["layers"].values())
     assert "block3_relu2" in result.stdout and "k-NN" in result.stdout
+
+
+def test_reference_schedule_is_inverse_sqrt_of_the_iteration():
+    schedule = probe.InverseSqrtDecay(0.05, 1e-2)
+    for t in (0, 1, 100, 10000):
+        assert float(schedule(t)) == pytest.approx(0.05 / math.sqrt(1 + 0.05 * 1e-2 * t), rel=1e-6)
+
+
+def test_reference_protocol_learns_from_augmented_views_and_not_from_shuffled_labels(backbone):
+    """Trained on crops + flips of synthetic gratings, validated on centre views; shuffled labels give chance."""
+    source = synthetic_source(200, 16, seed=0)
+    settings = probe.EvaluationSettings(max_dim=1000, probe=probe.ProbeSettings(
+        lrs=(0.05,), epochs=8, batch_size=16, weight_decay=1e-5, protocol="reference", min_crop_scale=0.5))
+    names = backbones.conv_tap_layers(backbone)[-1:]
+    learned = probe.evaluate_backbone(backbone, names, source, None, settings)["layers"][names[0]]["top1"]
+    shuffled = synthetic_source(200, 16, seed=0)
+    shuffled.labels = np.random.default_rng(1).permutation(shuffled.labels)
+    chance = probe.evaluate_backbone(backbone, names, shuffled, None, settings)["layers"][names[0]]["top1"]
+    assert learned > 0.6 and chance < 0.35, (learned, chance)

@@ -19,6 +19,8 @@ from absl import app, flags, logging
 from keras_dc.config import ConfigError
 
 FLAGS = flags.FLAGS
+# The reference's eval_linear.py settings, taken by --protocol=reference unless a flag overrides them.
+REFERENCE_DEFAULTS = {"lrs": ["0.05"], "epochs": 100, "batch_size": 64, "weight_decay": 1e-5}
 
 
 def define_flags() -> None:
@@ -50,6 +52,13 @@ def define_flags() -> None:
     flags.DEFINE_integer("seed", 0, "Seed of the split, folds, probe batches, k-means and --random_init.")
     flags.DEFINE_string("output", "", "Where to write the JSON report (default: none, table only).")
     flags.DEFINE_bool("per_layer_baseline", False, "Also run one probe per layer, to time the shared pass.")
+    flags.DEFINE_enum("protocol", "fast", ["fast", "reference"],
+                      "fast: standardised cached centre-view features, k-fold lr choice, cosine schedule. "
+                      "reference: the paper's eval_linear.py (raw pooled activations, random resized crop + "
+                      "flip each epoch, coupled decay, lr_0/sqrt(1 + lr_0*wd*t)); unless given, --lrs=0.05 "
+                      "--epochs=100 --batch_size=64 --weight_decay=1e-5.")
+    flags.DEFINE_float("min_crop_scale", 0.08, "Smallest crop area of the reference protocol's training view.")
+    flags.DEFINE_bool("flip", True, "Horizontal flips in the reference protocol's training view.")
 
 
 def settings_from_flags():
@@ -57,6 +66,10 @@ def settings_from_flags():
 
     Everything but --layers is checked before TensorFlow loads, so a typo fails at once.
     """
+    if FLAGS.protocol == "reference":
+        for flag, value in REFERENCE_DEFAULTS.items():
+            if not FLAGS[flag].present:
+                FLAGS[flag].value = value
     sources = [bool(FLAGS.workdir), bool(FLAGS.backbone), FLAGS.random_init]
     if sum(sources) != 1:
         raise ConfigError("workdir", "give exactly one of --workdir, --backbone and --random_init")
@@ -68,6 +81,10 @@ def settings_from_flags():
         raise ConfigError("lrs", "needs one or more positive learning rates")
     if len(lrs) > 1 and FLAGS.kfold < 2:
         raise ConfigError("kfold", f"choosing among {len(lrs)} --lrs needs --kfold of 2 or more")
+    if len(lrs) > 1 and FLAGS.protocol == "reference":
+        raise ConfigError("lrs", "--protocol=reference trains with one learning rate")
+    if not 0 < FLAGS.min_crop_scale <= 1:
+        raise ConfigError("min_crop_scale", f"must be in (0, 1], got {FLAGS.min_crop_scale}")
     for flag in ("max_dim", "epochs", "batch_size", "knn_k", "kmeans_pca_dim", "image_size"):
         if FLAGS[flag].value < 1:
             raise ConfigError(flag, f"must be positive, got {FLAGS[flag].value}")
@@ -82,7 +99,8 @@ def settings_from_flags():
     if FLAGS.layers not in TAP_CHOICES:
         raise ConfigError("layers", f"unknown value {FLAGS.layers!r}; choose one of {', '.join(TAP_CHOICES)}")
     probe = ProbeSettings(lrs=lrs, kfold=FLAGS.kfold, epochs=FLAGS.epochs, batch_size=FLAGS.batch_size,
-                          momentum=FLAGS.momentum, weight_decay=FLAGS.weight_decay, seed=FLAGS.seed)
+                          momentum=FLAGS.momentum, weight_decay=FLAGS.weight_decay, seed=FLAGS.seed,
+                          protocol=FLAGS.protocol, min_crop_scale=FLAGS.min_crop_scale, flip=FLAGS.flip)
     return EvaluationSettings(layers=FLAGS.layers, max_dim=FLAGS.max_dim, val_fraction=FLAGS.val_fraction,
                               knn_k=FLAGS.knn_k, knn_temperature=FLAGS.knn_temperature, kmeans_k=FLAGS.kmeans_k,
                               kmeans_pca_dim=FLAGS.kmeans_pca_dim, probe=probe)
@@ -191,7 +209,9 @@ def run() -> dict:
             report["timing"]["extract_s"] + report["timing"]["probe_s"])}
     report["config"] = {"backbone": description, "train_data": train_source.description,
                         "val_data": val_source.description if val_source else f"held out {settings.val_fraction}",
-                        "image_size": image_size, "augmentation": "none (centre view)",
+                        "image_size": image_size,
+                        "augmentation": "none (centre view)" if FLAGS.protocol == "fast" else
+                        "random resized crop" + (" + flip" if FLAGS.flip else "") + " (training), centre view (val)",
                         "settings": dataclasses.asdict(settings)}
     if FLAGS.output:
         workdir.write_json(FLAGS.output, report)

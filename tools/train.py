@@ -38,7 +38,8 @@ HELP = {
     "sobel": "Fixed grey + Sobel filters in front of the network.",
     "lr": "SGD learning rate.",
     "momentum": "SGD momentum.",
-    "weight_decay": "SGD weight decay.",
+    "weight_decay": "SGD weight decay: coupled L2 (g += wd * w before the momentum), as torch and the reference.",
+    "decoupled_weight_decay": "Apply --weight_decay decoupled (w -= lr * wd * w outside the momentum) instead.",
     "sampling": "uniform (same number of images from each cluster per epoch), weighted (inverse cluster "
                 "size loss weights) or none.",
     "min_crop_scale": "Smallest area fraction of the random resized crop.",

@@ -1,0 +1,1 @@
+"""Benchmarks and launch aids; the core package never imports this sub-package."""

@@ -32,12 +32,12 @@ def heads_step_figures(small: Config, source: ImageSource, steps: int) -> dict[s
     configs = {"heads16": dataclasses.replace(small, k=4000, super_clusters=4, rotation=True),
                "heads1": dataclasses.replace(small, k=1000, super_clusters=1, rotation=False),
                "large_heads": dataclasses.replace(small, k=16000, super_clusters=4, rotation=True)}
-    runs = {}
+    runs, pipelines = {}, {}
     for name, config in configs.items():
-        model, real, _ = benchmark._dc_setup(config, source, steps)
-        runs[name] = model, benchmark._cached(real, steps)
+        model, pipelines[name], _ = benchmark._dc_setup(config, source, steps)
+        runs[name] = model, benchmark._cached(pipelines[name], steps)
     runs["plain_1000"] = (benchmark.plain_keras_model(configs["heads1"]),
-                          benchmark._cached(real, steps, ("super", "sub")))
+                          benchmark._cached(pipelines["heads1"], steps, ("super", "sub")))
     rates = dict.fromkeys(runs, 0.0)
     for _ in range(benchmark.ROUNDS):
         for name, (model, dataset) in runs.items():

@@ -18,7 +18,6 @@ from keras_dc.checkpoints import Position
 from keras_dc.config import Config, ConfigError
 from keras_dc.eval_callback import EvaluationCallback
 from keras_dc.model import DeeperClusterModel
-from keras_dc.optimizer import FusedSGD
 from keras_dc.reclustering import Assignment
 from keras_dc.sources import ImageSource, load_source
 
@@ -38,7 +37,8 @@ def build_model(config: Config, sync_batchnorm: bool = False) -> DeeperClusterMo
     backbone = backbones.build_backbone(config.arch, config.image_size, sobel=config.sobel,
                                         sync_batchnorm=sync_batchnorm, seed=config.seed, name="backbone")
     model = DeeperClusterModel(backbone, config.super_classes, config.sub_classes, name="deepercluster")
-    optimizer = FusedSGD(learning_rate=config.lr, momentum=config.momentum, weight_decay=config.weight_decay or None)
+    optimizer = keras.optimizers.SGD(learning_rate=config.lr, momentum=config.momentum,
+                                     weight_decay=config.weight_decay or None)
     model.compile(optimizer=optimizer, jit_compile=config.jit_compile)
     model.optimizer.build(model.trainable_variables)
     return model

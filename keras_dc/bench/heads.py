@@ -22,7 +22,6 @@ import keras
 from keras_dc import benchmark, memory_plan, pca
 from keras_dc.config import Config
 from keras_dc.model import DeeperClusterModel
-from keras_dc.optimizer import FusedSGD
 from keras_dc.sources import ImageSource
 
 
@@ -87,7 +86,7 @@ def step_memory_figures(k: int, super_clusters: int, dim: int, rotation: bool, b
     start = _rss()
     model = DeeperClusterModel(backbone, config.super_classes, config.sub_classes)
     built = _rss()
-    model.compile(FusedSGD(config.lr, momentum=config.momentum, weight_decay=config.weight_decay))
+    model.compile(keras.optimizers.SGD(config.lr, momentum=config.momentum, weight_decay=config.weight_decay))
     model.optimizer.build(model.trainable_variables)
     slots = _rss()
     rng = np.random.default_rng(0)

@@ -10,15 +10,20 @@ from __future__ import annotations
 import numpy as np
 
 from keras_dc.feature_cache import CacheWriter, ShardedFeatures
-from keras_dc.pca import PCA, pca_from_moments
+from keras_dc.pca import PCA, pca_from_moments, pca_from_rows
 
 
-def _local_sample(data: ShardedFeatures, sample_size: int | None, seed: int) -> np.ndarray | None:
-    """This worker's positions among the rows of the seeded sample (the same draw as pca.fit_pca);
-    None means all rows."""
-    if sample_size is None or sample_size >= data.total:
+def _sample(total: int, sample_size: int | None, seed: int) -> np.ndarray | None:
+    """The sorted global rows of the seeded sample (the same draw as pca.fit_pca); None means all rows."""
+    if sample_size is None or sample_size >= total:
         return None
-    rows = np.sort(np.random.default_rng(seed).choice(data.total, size=sample_size, replace=False))
+    return np.sort(np.random.default_rng(seed).choice(total, size=sample_size, replace=False))
+
+
+def _local_sample(data: ShardedFeatures, rows: np.ndarray | None) -> np.ndarray | None:
+    """This worker's positions among the sampled rows; None means all rows."""
+    if rows is None:
+        return None
     return rows[(rows >= data.start) & (rows < data.stop)] - data.start
 
 
@@ -57,8 +62,12 @@ def fit_pca(data: ShardedFeatures, dim: int, whitening_power: float = 0.5, sampl
     sample of sample_size rows), identical on every worker."""
     if dim < 1:
         raise ValueError(f"PCA dimension must be >= 1, got {dim}")
-    mean, cov = _moments(data, _local_sample(data, sample_size, seed))
-    fitted = pca_from_moments(mean, cov, dim, whitening_power)
+    rows = _sample(data.total, sample_size, seed)
+    if (data.total if rows is None else len(rows)) < data.shape[1]:  # fewer rows than dims: the Gram route
+        fitted = pca_from_rows(data[np.arange(data.total) if rows is None else rows], dim, whitening_power)
+    else:
+        mean, cov = _moments(data, _local_sample(data, rows))
+        fitted = pca_from_moments(mean, cov, dim, whitening_power)
     broadcast = data.collective.broadcast
     return PCA(broadcast(fitted.mean), broadcast(fitted.components), broadcast(fitted.eigenvalues),
                fitted.whitening_power)

@@ -4,6 +4,12 @@ docs/method.md requires the cost per example to be one head's, never S heads'. T
 batch is partitioned by route (the example's super-class), each part goes
 through its own head with one matmul, and the results are stitched back in
 batch order, so a batch costs B * D * units multiply-adds whatever S is.
+
+Each head is its own pair of variables (kernel_h, bias_h), not a slice of one
+(S, D, units) tensor: the gradient of a slice is a full-size tensor, so S heads
+would cost S full-size gradients in the backward pass. With one variable per
+head, backward and optimizer work on (D, units) tensors only, and a step holds
+the weights, their optimizer slots and one gradient of them (docs/scaling.md).
 """
 
 from __future__ import annotations
@@ -29,20 +35,21 @@ class RoutedDense(keras.layers.Layer):
     def build(self, input_shape):
         features_shape = input_shape[0]
         dim = int(features_shape[-1])
-        self.kernel = self.add_weight(
-            name="kernel", shape=(self.num_heads, dim, self.units),
-            initializer=keras.initializers.RandomNormal(stddev=HEAD_INIT_STDDEV))
-        self.bias = self.add_weight(name="bias", shape=(self.num_heads, self.units), initializer="zeros")
+        init = keras.initializers.RandomNormal(stddev=HEAD_INIT_STDDEV)
+        self.kernels = [self.add_weight(name=f"kernel_{head}", shape=(dim, self.units), initializer=init)
+                        for head in range(self.num_heads)]
+        self.biases = [self.add_weight(name=f"bias_{head}", shape=(self.units,), initializer="zeros")
+                       for head in range(self.num_heads)]
 
     def call(self, inputs):
         features, routes = inputs
         features = tf.cast(features, self.compute_dtype)
         if self.num_heads == 1:
-            return _matmul(features, self.kernel[0]) + self.bias[0]
+            return _matmul(features, self.kernels[0]) + self.biases[0]
         routes = tf.cast(routes, tf.int32)
         parts = tf.dynamic_partition(features, routes, self.num_heads)
         positions = tf.dynamic_partition(tf.range(tf.shape(features)[0]), routes, self.num_heads)
-        outputs = [_matmul(part, self.kernel[head]) + self.bias[head] for head, part in enumerate(parts)]
+        outputs = [_matmul(part, kernel) + bias for part, kernel, bias in zip(parts, self.kernels, self.biases)]
         return tf.dynamic_stitch(positions, outputs)
 
     def compute_output_shape(self, input_shape):
@@ -61,7 +68,7 @@ def reinitialize_dense(layer: keras.layers.Layer, seed: int) -> None:
     """Draws fresh head weights (normal, std 0.01) and zero biases, reproducibly from `seed`."""
     rng = np.random.default_rng(seed)
     for variable in layer.weights:
-        if variable.path.endswith("bias"):
+        if "bias" in variable.path.rsplit("/", 1)[-1]:
             variable.assign(np.zeros(variable.shape, np.float32))
         else:
             variable.assign(rng.normal(0.0, HEAD_INIT_STDDEV, variable.shape).astype(np.float32))

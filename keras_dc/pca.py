@@ -11,6 +11,7 @@ import numpy as np
 _EIG_FLOOR_REL = 1e-5
 _EIG_FLOOR_ZERO = 1e-8  # the floor when the covariance is zero
 _CHUNK_ELEMENTS = 2**24
+_RANK_TOLERANCE = 1e-12  # Gram eigenvalues below this fraction of the largest span no direction of the rows
 
 
 @dataclass
@@ -107,6 +108,8 @@ def fit_pca(
     if sample_size is not None and sample_size < x.shape[0]:
         rows = np.random.default_rng(seed).choice(x.shape[0], size=sample_size, replace=False)
         x = x[np.sort(rows)]
+    if x.shape[0] < x.shape[1]:
+        return pca_from_rows(x, dim, whitening_power)
     mean, cov = _mean_and_covariance(x)
     return pca_from_moments(mean, cov, dim, whitening_power)
 
@@ -122,8 +125,36 @@ def pca_from_moments(mean: np.ndarray, cov: np.ndarray, dim: int, whitening_powe
     """The PCA of data with this mean and covariance, keeping min(dim, d_in) directions; lets
     workers fit one PCA from moments summed over their shards."""
     eigenvalues, vectors = np.linalg.eigh(cov)
-    order = np.argsort(eigenvalues)[::-1][: min(dim, cov.shape[0])]
-    eigenvalues = _floored(eigenvalues[order])
+    return pca_from_eigen(mean, eigenvalues, vectors, dim, whitening_power)
+
+
+def pca_from_rows(x: np.ndarray, dim: int, whitening_power: float = 0.5) -> PCA:
+    """The PCA of fewer rows than dimensions (N < D) from the N x N Gram matrix of the centred
+    rows, as faiss.PCAMatrix does: N^2 D work instead of the D^3 eigen-decomposition of the
+    covariance. Same eigenpairs; the directions beyond the rows' rank get eigenvalue 0 and an
+    orthonormal completion, as the covariance route gives them."""
+    rows = x.astype(np.float64)
+    mean = rows.mean(axis=0)
+    rows -= mean
+    gram_values, gram_vectors = np.linalg.eigh(rows @ rows.T)
+    order = np.argsort(gram_values)[::-1]
+    gram_values, gram_vectors = gram_values[order], gram_vectors[:, order]
+    keep = min(dim, x.shape[1])
+    found = int(np.sum(gram_values[:keep] > _RANK_TOLERANCE * max(gram_values[0], 0.0)))
+    vectors = rows.T @ (gram_vectors[:, :found] / np.sqrt(gram_values[:found]))
+    if keep > found:
+        complement = np.linalg.qr(vectors, mode="complete")[0][:, found:keep]
+        vectors = np.concatenate([vectors, complement], axis=1)
+    eigenvalues = np.zeros(keep)
+    eigenvalues[:found] = gram_values[:found] / max(x.shape[0] - 1, 1)
+    return pca_from_eigen(mean, eigenvalues, vectors, dim, whitening_power)
+
+
+def pca_from_eigen(mean: np.ndarray, eigenvalues: np.ndarray, vectors: np.ndarray, dim: int,
+                   whitening_power: float = 0.5) -> PCA:
+    """The PCA of these covariance eigenpairs (vectors as columns), the largest min(dim, count) kept."""
+    order = np.argsort(eigenvalues)[::-1][: min(dim, vectors.shape[1])]
+    eigenvalues = _floored(np.clip(eigenvalues[order], 0.0, None))
     return PCA(
         mean=mean.astype(np.float32),
         components=np.ascontiguousarray(vectors[:, order].T, dtype=np.float32),

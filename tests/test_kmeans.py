@@ -120,9 +120,9 @@ def test_level_one_alone_gives_one_cluster_the_mean():
     assert not result.assignments.any()
 
 
-@pytest.mark.parametrize("sample", [None, 700])
-def test_pca_from_reduced_moments_is_the_in_memory_pca(sample):
-    x = np.random.default_rng(0).normal(size=(1500, 12)).astype(np.float32) * np.linspace(1, 4, 12)
+@pytest.mark.parametrize("rows, sample", [(1500, None), (1500, 700), (8, None), (1500, 9)])
+def test_pca_from_reduced_moments_is_the_in_memory_pca(rows, sample):
+    x = np.random.default_rng(0).normal(size=(rows, 12)).astype(np.float32) * np.linspace(1, 4, 12)
     expected = pca_lib.fit_pca(x, 5, 0.5, sample_size=sample, seed=4)
     for fitted in run_workers(2, x, lambda data: distributed_pca.fit_pca(data, 5, 0.5, sample, seed=4)):
         np.testing.assert_allclose(fitted.mean, expected.mean, atol=1e-5)

@@ -114,3 +114,38 @@ def test_small_eigenvalues_are_raised_to_1e5_of_the_largest():
     expected = np.maximum(values, 1e-5 * values[0])
     np.testing.assert_allclose(pca.eigenvalues, expected, rtol=1e-4)
     assert expected[3] == 1e-5 * values[0] and values[3] < expected[3]
+
+
+def _wide(n=40, d=120, seed=3):
+    """Fewer rows than dimensions, with a decaying spectrum and a non-zero mean."""
+    rng = np.random.default_rng(seed)
+    return (rng.normal(size=(n, d)) * np.linspace(4.0, 0.2, d) + 1.5).astype(np.float32)
+
+
+def test_fewer_rows_than_dims_matches_the_covariance_route():
+    x = _wide()
+    pca = fit_pca(x, dim=20)
+    values, vectors = _reference(x, 20)
+    np.testing.assert_allclose(pca.mean, x.mean(axis=0, dtype=np.float64), rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(pca.eigenvalues, values, rtol=1e-4)
+    signs = np.sign(np.sum(pca.components * vectors, axis=1))
+    np.testing.assert_allclose(pca.components * signs[:, None], vectors, atol=1e-4)
+
+
+def test_fewer_rows_than_dims_completes_the_basis_beyond_the_rank():
+    x = _wide()
+    pca = fit_pca(x, dim=100)
+    values, _ = _reference(x, 100)
+    assert pca.components.shape == (100, 120)
+    np.testing.assert_allclose(pca.components @ pca.components.T, np.eye(100), atol=1e-5)
+    np.testing.assert_allclose(pca.eigenvalues[:39], values[:39], rtol=1e-4)
+    assert np.all(pca.eigenvalues[39:] <= pca.eigenvalues[0] * 1e-4) and np.all(np.isfinite(pca.apply(x)))
+
+
+def test_fewer_rows_than_dims_never_decomposes_the_covariance(monkeypatch):
+    sizes = []
+    eigh = np.linalg.eigh
+    monkeypatch.setattr(np.linalg, "eigh", lambda matrix: sizes.append(matrix.shape[0]) or eigh(matrix))
+    fit_pca(_wide(), dim=10)
+    fit_pca(_anisotropic(), dim=4)
+    assert sizes == [40, 6]

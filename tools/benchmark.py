@@ -7,6 +7,7 @@
 Keys of the JSON (ratios: higher is better unless marked "time ratio"):
 input_pipeline_ratio, step_vs_plain_keras, matmul_utilization, extraction_vs_predict,
 clustering_vs_faiss (time ratio), recluster_vs_epoch (time ratio), bf16_speedup,
+heads_step_ratio, step_vs_plain_keras_large_heads, pca_vs_faiss_small_n (time ratio),
 plus the raw images/s and seconds behind each. See docs/performance.md.
 """
 
@@ -36,12 +37,13 @@ def define_flags() -> None:
     flags.DEFINE_string("output", "", "Write the figures to this JSON file.")
     flags.DEFINE_bool("deterministic", True, "Deterministic ops, as training uses by default.")
     flags.DEFINE_bool("jit_compile", False, "Compile the DeeperCluster train step with XLA (train.py's --jit_compile).")
+    flags.DEFINE_bool("heads_only", False, "Only the figures of the routed heads and of the PCA of few rows.")
 
 
-def run(size: str, deterministic: bool, jit_compile: bool = False) -> dict[str, float]:
+def run(size: str, deterministic: bool, jit_compile: bool = False, heads_only: bool = False) -> dict[str, float]:
     """Every measurement of the issue, with the ratios computed from them."""
     from keras_dc import train
-    from keras_dc.bench import benchmark
+    from keras_dc.bench import benchmark, heads
     from keras_dc.config import Config
     from keras_dc.sources import synthetic_source
 
@@ -52,7 +54,11 @@ def run(size: str, deterministic: bool, jit_compile: bool = False) -> dict[str, 
                    jit_compile=jit_compile, verbose=0)
     train.configure_runtime(small)
     source = synthetic_source(sizes["images"], small.image_size)
-    figures = {"matmul_flops_per_s": benchmark.matmul_flops_per_second()}
+    figures = heads.heads_step_figures(small, source, steps)
+    figures.update(heads.pca_small_n_figures())
+    if heads_only:
+        return {**figures, **heads_ratios(figures)}
+    figures["matmul_flops_per_s"] = benchmark.matmul_flops_per_second()
     figures.update(benchmark.train_step_figures(small, source, steps))
     vgg = dataclasses.replace(small, arch="vgg16_bn", batch_size=sizes["vgg_batch"])
     vgg_source = synthetic_source(vgg.batch_size * (steps // 2 + 1), 32)
@@ -66,8 +72,17 @@ def run(size: str, deterministic: bool, jit_compile: bool = False) -> dict[str, 
     return figures
 
 
+def heads_ratios(figures: dict[str, float]) -> dict[str, float]:
+    return {
+        "heads_step_ratio": figures["heads16_images_per_s"] / figures["heads1_images_per_s"],
+        "step_vs_plain_keras_large_heads": figures["large_heads_images_per_s"] / figures["plain_1000_images_per_s"],
+        "pca_vs_faiss_small_n": figures["pca_small_n_s"] / figures["faiss_pca_small_n_s"],
+    }
+
+
 def ratios(figures: dict[str, float]) -> dict[str, float]:
     return {
+        **heads_ratios(figures),
         "input_pipeline_ratio": figures["dc_images_per_s"] / figures["dc_cached_images_per_s"],
         "step_vs_plain_keras": figures["dc_images_per_s"] / figures["plain_keras_images_per_s"],
         "matmul_utilization": figures["achieved_flops_per_s"] / figures["matmul_flops_per_s"],
@@ -84,7 +99,7 @@ def main(argv: list[str]) -> None:
     if len(argv) > 1:
         raise app.UsageError(f"unexpected arguments: {' '.join(argv[1:])}")
     logging.set_verbosity(logging.WARNING)
-    figures = run("quick" if FLAGS.quick else FLAGS.size, FLAGS.deterministic, FLAGS.jit_compile)
+    figures = run("quick" if FLAGS.quick else FLAGS.size, FLAGS.deterministic, FLAGS.jit_compile, FLAGS.heads_only)
     for key, value in sorted(figures.items()):
         print(f"{key:45s} {value:.4g}")
     if FLAGS.output:

@@ -70,6 +70,18 @@ def define_flags() -> None:
         define(field.name, value, HELP[field.name])
 
 
+def dry_run(config: Config) -> None:
+    """Prints the memory plan of the run (keras_dc.memory_plan) and exits before any data work."""
+    import tempfile
+
+    from keras_dc import backbones, config as config_lib, distribute, memory_plan
+
+    config_lib.validate(dataclasses.replace(config, workdir=config.workdir or tempfile.gettempdir()))
+    replicas = distribute.get_strategy(config.strategy).num_replicas_in_sync
+    backbone = backbones.build_backbone(config.arch, config.image_size, sobel=config.sobel, seed=config.seed)
+    print(memory_plan.describe(config, replicas, memory_plan.plan(config, replicas, backbone)))
+
+
 def config_from_flags() -> Config:
     return Config(**{field.name: FLAGS[field.name].value for field in dataclasses.fields(Config)})
 
@@ -84,6 +96,12 @@ def main(argv: list[str]) -> None:
     from keras_dc.preemption import Preempted
 
     config = config_from_flags()
+    if FLAGS.dry_run:
+        try:
+            dry_run(config)
+        except ConfigError as error:
+            stop(f"error: {error}", 2)
+        return
     try:
         strategy = train.check_settings(config)
         source = train.prepare_data(config)
@@ -116,4 +134,5 @@ def print_summary(result: dict) -> None:
 
 if __name__ == "__main__":
     define_flags()
+    flags.DEFINE_bool("dry_run", False, "Print the memory plan of the run (per replica and per worker) and exit.")
     app.run(main)

@@ -1,0 +1,73 @@
+"""The memory a run will need, per replica and per worker, computed before it starts (--dry_run).
+
+Every replica of MirroredStrategy holds the whole model: the body and all S sub-class heads, one
+optimizer slot per weight (SGD momentum), one gradient per weight and the activations of its share
+of the batch. Each worker also keeps a disk cache of features and fits the PCA in host memory.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+import keras_dc  # noqa: F401  (selects the TensorFlow backend)
+import keras
+
+from keras_dc.config import Config
+
+FLOAT32 = 4
+MILLION = 1_000_000
+
+
+def head_weights(dim: int, super_classes: int, sub_classes: int) -> int:
+    """Number of weights of the super-class head and the S routed sub-class heads."""
+    return dim * super_classes + super_classes + super_classes * (dim * sub_classes + sub_classes)
+
+
+def activation_elements(backbone: keras.Model) -> int:
+    """Outputs of every layer of the body for one image: what the forward pass keeps for backward."""
+    return int(sum(np.prod(layer.output.shape[1:]) for layer in backbone.layers))
+
+
+def plan(config: Config, replicas: int, backbone: keras.Model) -> dict[str, int]:
+    """Bytes of each part of a run of `config` over `replicas` replicas with this body."""
+    dim = int(backbone.output.shape[-1])
+    body = int(sum(np.prod(weight.shape) for weight in backbone.weights))
+    trainable = int(sum(np.prod(weight.shape) for weight in backbone.trainable_weights))
+    heads = head_weights(dim, config.super_classes, config.sub_classes)
+    compute_bytes = FLOAT32 if config.precision == "float32" else 2
+    per_replica_batch = config.batch_size // replicas
+    logits = config.super_classes + config.sub_classes
+    cache_bytes = FLOAT32 if config.feature_cache_dtype == "float32" else 2
+    return {
+        "body": body * FLOAT32,
+        "heads": heads * FLOAT32,
+        "optimizer_slots": (trainable + heads) * FLOAT32 * (config.momentum > 0),
+        "gradients": (trainable + heads) * FLOAT32,
+        "activations": per_replica_batch * (activation_elements(backbone) * compute_bytes + logits * FLOAT32),
+        "feature_cache_per_million_images": MILLION * (dim + config.pca_dim) * cache_bytes,
+        "pca": 2 * dim * dim * 8,
+    }
+
+
+def describe(config: Config, replicas: int, figures: dict[str, int]) -> str:
+    """The plan as the lines --dry_run prints."""
+    device = sum(figures[key] for key in ("body", "heads", "optimizer_slots", "gradients", "activations"))
+    rows = [
+        f"memory plan: {config.arch} {config.image_size}px, k={config.k}, m={config.super_clusters}: "
+        f"S={config.super_classes} heads x {config.sub_classes} outputs; {replicas} replica(s), "
+        f"batch {config.batch_size // replicas} per replica, {config.precision}",
+        "per replica (each replica holds the whole model):",
+        *(f"  {key:34s} {_gb(figures[key])}" for key in
+          ("body", "heads", "optimizer_slots", "gradients", "activations")),
+        f"  {'total':34s} {_gb(device)}",
+        "per worker (host memory and disk):",
+        f"  {'feature cache, per 1M images':34s} {_gb(figures['feature_cache_per_million_images'])}"
+        f"  (fc features + PCA-reduced rows, on disk)",
+        f"  {'pca':34s} {_gb(figures['pca'])}  (D x D float64 moments and eigenvectors; "
+        f"N x N when fewer rows than dims)",
+    ]
+    return "\n".join(rows)
+
+
+def _gb(size: int) -> str:
+    return f"{size / 1e9:10.3f} GB"

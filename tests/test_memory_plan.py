@@ -1,0 +1,43 @@
+"""The memory plan (--dry_run) against the variables of a built model."""
+
+import os
+import subprocess
+import sys
+
+import numpy as np
+
+import keras
+from keras_dc import memory_plan
+from keras_dc.config import Config
+from keras_dc.model import DeeperClusterModel
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def _bytes(variables) -> int:
+    return int(sum(np.prod(v.shape) for v in variables)) * 4
+
+
+def test_plan_counts_the_bytes_of_the_built_model():
+    config = Config(k=60, super_clusters=3, rotation=True, batch_size=8)
+    image = keras.Input((4, 4, 3))
+    backbone = keras.Model(image, keras.layers.Dense(7)(keras.layers.Flatten()(image)))
+    model = DeeperClusterModel(backbone, config.super_classes, config.sub_classes)
+    model.compile(keras.optimizers.SGD(0.1, momentum=0.9))
+    model.optimizer.build(model.trainable_variables)
+    figures = memory_plan.plan(config, 2, backbone)
+    heads = [w for layer in model.head_layers for w in layer.weights]
+    assert figures["heads"] == _bytes(heads)
+    assert figures["body"] == _bytes(backbone.weights)
+    assert figures["optimizer_slots"] == _bytes(model.optimizer.momentums)
+    assert figures["gradients"] == _bytes(model.trainable_variables)
+    assert figures["activations"] == 4 * 4 * (48 + 48 + 7 + config.super_classes + config.sub_classes)
+
+
+def test_dry_run_prints_the_plan_and_touches_no_data(tmp_path):
+    completed = subprocess.run([sys.executable, f"{ROOT}/tools/train.py", f"--flagfile={ROOT}/flags/demo.flags",
+                                f"--workdir={tmp_path}/run", "--dry_run"],
+                               capture_output=True, text=True, env={**os.environ, "PYTHONPATH": ROOT}, timeout=300)
+    assert completed.returncode == 0, completed.stderr
+    assert "S=8 heads x 10 outputs" in completed.stdout and "optimizer_slots" in completed.stdout
+    assert not os.path.exists(tmp_path / "run")

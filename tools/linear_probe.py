@@ -108,7 +108,7 @@ def settings_from_flags():
 
 def load_backbone():
     """The network to probe and a line describing where it came from."""
-    import keras_dc.layers  # noqa: F401  (registers the custom layers for loading)
+    import keras_dc  # noqa: F401  (selects the TensorFlow backend)
     import keras
 
     from keras_dc import backbones

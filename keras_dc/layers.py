@@ -1,6 +1,6 @@
 """Fixed input layers: ImageNet normalisation, then zero padding and grey + Sobel.
 
-Every stage is a built-in Keras layer with fixed settings (a Rescaling, ZeroPadding2D and
+Every stage is a built-in Keras layer with fixed settings (Rescaling, ZeroPadding2D and
 non-trainable Conv2Ds), so a `.keras` file holding them loads with `keras.saving.load_model`
 alone, in safe mode, in a Python that cannot import keras_dc. Images are channels-last.
 """
@@ -22,18 +22,20 @@ SOBEL_KERNELS = (
 )
 
 
-def normalization(mean: Sequence[float] = IMAGENET_MEAN, std: Sequence[float] = IMAGENET_STD,
-                  name: str = "normalize") -> keras.layers.Rescaling:
-    """A layer mapping RGB in [0, 255] to (x / 255 - mean) / std per channel, so models take raw pixels.
+def normalized_input(x, mean: Sequence[float] = IMAGENET_MEAN, std: Sequence[float] = IMAGENET_STD):
+    """Maps RGB in [0, 255] to (x / 255 - mean) / std per channel, so models take raw pixels.
 
-    It is written as x * scale + offset (a built-in Rescaling with one scale and offset per
-    channel); the rounding differs from the formula's by a few float32 ulps.
+    Computed as (x * (1 / 255) - mean) * (1 / std) with float32 reciprocals, by three built-in
+    Rescaling layers: this is what TensorFlow's graph optimiser made of the formula in the
+    custom layer of earlier exports (divisions by constants become multiplications by their
+    reciprocals), so features and training are bit-identical to theirs.
     """
     if len(mean) != len(std):
         raise ValueError(f"mean and std must have the same length, got {mean} and {std}")
-    scale = [1.0 / (255.0 * float(s)) for s in std]
-    offset = [-float(m) / float(s) for m, s in zip(mean, std)]
-    return keras.layers.Rescaling(scale, offset, name=name)
+    one = np.float32(1.0)
+    x = keras.layers.Rescaling(float(one / np.float32(255.0)), name="normalize_scale")(x)
+    x = keras.layers.Rescaling(1.0, [-float(m) for m in mean], name="normalize_center")(x)
+    return keras.layers.Rescaling([float(one / np.float32(s)) for s in std], name="normalize")(x)
 
 
 def padded_input(x, arch_padding: int, sobel: bool):

@@ -171,8 +171,9 @@ def test_initialisation_statistics():
 def test_sobel_front_end(arch, first_kernel):
     model = build_backbone(arch, MIN_IMAGE_SIZE[arch], sobel=True)
     assert tuple(model.get_layer("block1_conv1").kernel.shape) == first_kernel
-    assert [layer.name for layer in model.layers[1:5]] == ["normalize", "input_pad", "grey", "sobel"]
-    assert not any(layer.trainable_weights for layer in model.layers[:5])
+    front = ["normalize_scale", "normalize_center", "normalize", "input_pad", "grey", "sobel"]
+    assert [layer.name for layer in model.layers[1:7]] == front
+    assert not any(layer.trainable_weights for layer in model.layers[:7])
     plain = build_backbone(arch, MIN_IMAGE_SIZE[arch])
     fixed = 3 + 1 + 3 * 3 * 2 + 2  # grey (1x1, 3 -> 1) and Sobel (3x3, 1 -> 2) kernels and zero biases
     assert model.count_params() == plain.count_params() - int(np.prod(first_kernel[:2])) * first_kernel[3] + fixed

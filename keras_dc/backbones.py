@@ -24,7 +24,7 @@ import keras_dc  # noqa: F401  (sets KERAS_BACKEND before keras is imported)
 import keras
 from keras import layers
 
-from keras_dc.layers import ImageNormalization, padded_input
+from keras_dc.layers import normalized_input, padded_input
 
 ARCHITECTURES = ("small", "alexnet", "vgg16_bn")
 # Smallest input side for which every (floor-mode) pooling still has a window.
@@ -85,7 +85,7 @@ def build_backbone(
     validate_architecture(arch, image_size)
     seeds = _SeedStream(seed)
     inputs = keras.Input((image_size, image_size, 3), dtype="float32", name="image")
-    x = ImageNormalization(name="normalize")(inputs)
+    x = normalized_input(inputs)
     x = padded_input(x, _INPUT_PADDING[arch], sobel)
     if arch == "alexnet":
         x = _alexnet_body(x, seeds, sync_batchnorm)

@@ -57,10 +57,10 @@ class ReclusterCallback(keras.callbacks.Callback):
             self._activate(cycle, report=cycle_start, reset=cycle_start and epoch != self.resumed_mid_epoch)
         self._draw_plan(epoch)
 
-    def on_epoch_end(self, epoch, logs=None):
-        if logs is not None:
-            logs.update(self._new_stats)
-        self._new_stats = {}
+    def take_stats(self) -> dict:
+        """The scalar figures of a clustering reported since the last call (for metrics.jsonl), once."""
+        stats, self._new_stats = self._new_stats, {}
+        return stats
 
     def _activate(self, cycle: int, report: bool, reset: bool) -> None:
         path = workdir_lib.assignment_path(self.workdir, cycle)
@@ -74,6 +74,7 @@ class ReclusterCallback(keras.callbacks.Callback):
                                                      previous, self.log, self.collective, self.cache)
             if self.collective.worker == 0:
                 self.assignment.save(path)
+            self.log(reclustering.summary_line(cycle, self.assignment.stats))
             computed = True
         if computed or report:
             self._report(cycle)
@@ -108,10 +109,9 @@ class ReclusterCallback(keras.callbacks.Callback):
         self.tables.set_plan(indices, rotations, epoch)
 
     def _report(self, cycle: int) -> None:
+        """Every figure of the cycle's clustering to TensorBoard, and for metrics.jsonl (take_stats)."""
         stats = self.assignment.stats
         self._new_stats = {key: value for key, value in stats.items() if np.isscalar(value)}
-        summary = ", ".join(f"{key}={value:.4g}" for key, value in sorted(self._new_stats.items()))
-        self.log(f"clustering: cycle {cycle}: {summary}")
         if self.writer is not None:
             sizes = np.bincount(self.cluster_ids, minlength=self.config.k)
             with self.writer.as_default(step=cycle):
@@ -183,19 +183,22 @@ class CheckpointCallback(keras.callbacks.Callback):
 
 
 class MetricsFile(keras.callbacks.Callback):
-    """Keeps each epoch's figures as one JSON line (machine-readable twin of TensorBoard).
+    """Keeps each epoch's figures, and those `extra` returns (a clustering's), as one JSON line
+    (machine-readable twin of TensorBoard).
 
     The whole file is rewritten atomically each epoch, so a kill never leaves half
     a line; on resume, the lines of epochs that will be redone are dropped.
     """
 
-    def __init__(self, path: str, first_epoch: int):
+    def __init__(self, path: str, first_epoch: int, extra: Callable[[], dict] | None = None):
         super().__init__()
         self.path = path
         self.lines = _lines_up_to(path, first_epoch)
+        self.extra = extra or dict
 
     def on_epoch_end(self, epoch, logs=None):
-        record = {"epoch": epoch + 1, **{key: float(value) for key, value in (logs or {}).items()}}
+        figures = {**(logs or {}), **self.extra()}
+        record = {"epoch": epoch + 1, **{key: float(value) for key, value in figures.items()}}
         self.lines.append(json.dumps(record, sort_keys=True) + "\n")
         workdir_lib.atomic_write_bytes(self.path, "".join(self.lines).encode())
 

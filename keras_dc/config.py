@@ -19,7 +19,7 @@ PRECISIONS = ("float32", "mixed_bfloat16", "mixed_float16")
 STRATEGIES = ("auto", "default", "one_device", "mirrored", "multi_worker")
 CACHE_DTYPES = ("float32", "float16")
 
-VERBOSITIES = (0, 1, 2)
+VERBOSITIES = (-1, 0, 1, 2)  # -1: keras_dc.progress.AUTO
 
 # Settings that decide the shape of the model, the meaning of the saved
 # assignments (cycle n covers epochs n*T..) or of a mid-epoch position (counted
@@ -84,7 +84,8 @@ class Config:
     max_cache_gb: float = 0.0
     eval_every: int = 0
     eval_data: str = ""
-    verbose: int = 1
+    verbose: int = -1  # keras_dc.progress.AUTO: 1 on a terminal, 2 otherwise
+    progress_seconds: float = 10.0
 
     @property
     def sub_classes(self) -> int:
@@ -137,7 +138,7 @@ def validate(config: Config) -> None:
 def _check_numbers(config: Config) -> None:
     for flag in ("batch_size", "epochs", "reassign_every", "pca_dim", "kmeans_iters", "lr"):
         _positive(flag, getattr(config, flag))
-    for flag in ("seed", "pca_sample", "max_cache_gb", "eval_every"):
+    for flag in ("seed", "pca_sample", "max_cache_gb", "eval_every", "progress_seconds"):
         if getattr(config, flag) < 0:
             raise ConfigError(flag, f"must be 0 or more, got {getattr(config, flag)}")
     if config.data == "synthetic":

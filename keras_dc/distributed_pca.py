@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import numpy as np
 
+from keras_dc import progress
 from keras_dc.feature_cache import CacheWriter, ShardedFeatures
 from keras_dc.pca import PCA, pca_from_moments, pca_from_rows
 
@@ -27,13 +28,17 @@ def _local_sample(data: ShardedFeatures, rows: np.ndarray | None) -> np.ndarray 
     return rows[(rows >= data.start) & (rows < data.stop)] - data.start
 
 
-def _sampled_chunks(data: ShardedFeatures, positions: np.ndarray | None):
-    """This worker's float32 chunks, restricted to the sampled positions."""
+def _sampled_chunks(data: ShardedFeatures, positions: np.ndarray | None, stage: progress.Stage, passed: int):
+    """This worker's float32 chunks, restricted to the sampled positions; `stage` counts the rows read,
+    `passed` passes over them before this one."""
+    rows = data.rows.shape[0]
     for first, chunk in data.chunks():
+        read = first + len(chunk)
         if positions is not None:
-            wanted = positions[(positions >= first) & (positions < first + len(chunk))]
+            wanted = positions[(positions >= first) & (positions < read)]
             chunk = chunk[wanted - first]
         yield chunk
+        stage.update(passed * rows + read)
 
 
 def _moments(data: ShardedFeatures, positions: np.ndarray | None) -> tuple[np.ndarray, np.ndarray]:
@@ -43,14 +48,15 @@ def _moments(data: ShardedFeatures, positions: np.ndarray | None) -> tuple[np.nd
     chunk's scatter a float32 matrix product (the cost of the PCA) summed in float64.
     """
     dim = data.shape[1]
+    stage = progress.Stage("clustering: PCA moments", 2 * data.rows.shape[0], "row")
     sums = np.zeros(dim + 1)
-    for chunk in _sampled_chunks(data, positions):
+    for chunk in _sampled_chunks(data, positions, stage, 0):
         sums[:dim] += chunk.sum(axis=0, dtype=np.float64)
         sums[dim] += len(chunk)
     sums = data.collective.all_reduce_sum(sums)
     count, mean = sums[dim], sums[:dim] / sums[dim]
     scatter = np.zeros((dim, dim))
-    for chunk in _sampled_chunks(data, positions):
+    for chunk in _sampled_chunks(data, positions, stage, 1):
         centred = chunk - mean.astype(np.float32)
         scatter += centred.T @ centred
     return mean, data.collective.all_reduce_sum(scatter) / max(count - 1, 1)
@@ -75,8 +81,10 @@ def fit_pca(data: ShardedFeatures, dim: int, whitening_power: float = 0.5, sampl
 
 def project_to_cache(data: ShardedFeatures, pca: PCA, path: str, dtype: str = "float32") -> ShardedFeatures:
     """Reduces, whitens and L2-normalises this worker's rows chunk by chunk into a new cache file."""
+    stage = progress.Stage("clustering: PCA projection", data.rows.shape[0], "row")
     with CacheWriter(path, data.rows.shape[0], pca.components.shape[0], dtype) as writer:
-        for _, chunk in data.chunks():
+        for first, chunk in data.chunks():
             writer.write(pca.reduce(chunk))
+            stage.update(first + len(chunk))
         cache = writer.finish()
     return ShardedFeatures(cache.array, data.start, data.total, data.collective, data.chunk_rows)

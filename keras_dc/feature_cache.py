@@ -20,6 +20,7 @@ from collections.abc import Iterator, Sequence
 import numpy as np
 import tensorflow as tf
 
+from keras_dc import progress
 from keras_dc.config import CACHE_DTYPES
 from keras_dc.distribute import Collective
 
@@ -208,6 +209,7 @@ def extract_to_cache(model, images: tf.data.Dataset, path: str, rows: int, dtype
     takes part: each worker extracts its own shard, and nothing else is kept in RAM.
     """
     forward = _inference_function(model)
+    stage = progress.Stage("clustering: extracting features", rows, "image")
     written = 0
     with contextlib.ExitStack() as stack:
         writer = None
@@ -218,6 +220,7 @@ def extract_to_cache(model, images: tf.data.Dataset, path: str, rows: int, dtype
             if written + len(features) <= rows:
                 writer.write(features)
             written += len(features)
+            stage.update(min(written, rows))
         if writer is None or written != rows:
             raise ValueError(f"expected {rows} feature rows from the dataset, got {written}")
         return writer.finish()

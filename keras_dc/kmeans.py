@@ -27,7 +27,7 @@ import faiss
 import numpy as np
 from scipy import sparse
 
-from keras_dc import distributed_pca, hierarchy
+from keras_dc import distributed_pca, hierarchy, progress
 from keras_dc.distribute import Collective
 from keras_dc.feature_cache import CacheWriter, ShardedFeatures
 from keras_dc.pca import PCA
@@ -284,7 +284,9 @@ def _lloyd(data: ShardedFeatures, centroids: np.ndarray, bounds: dict[int, np.nd
            rngs: list[np.random.Generator], work: _Workspace) -> np.ndarray:
     """niter Lloyd iterations (assign, then mean of the members) of every group at once."""
     num_groups, per_group, dim = centroids.shape
-    for _ in range(niter):
+    level = f"{per_group} clusters" if num_groups == 1 else f"{num_groups} x {per_group} sub-clusters"
+    stage = progress.Stage(f"clustering: k-means into {level}", niter, "iteration")
+    for iteration in range(niter):
         sums, counts = _cluster_sums(data, centroids, bounds, work)
         flat = centroids.reshape(-1, dim).copy()
         filled = counts > 0
@@ -293,6 +295,7 @@ def _lloyd(data: ShardedFeatures, centroids: np.ndarray, bounds: dict[int, np.nd
         counts = counts.reshape(num_groups, per_group)
         for group in range(num_groups):
             _reseed_empty(centroids[group], counts[group], rngs[group])
+        stage.update(iteration + 1)
     return centroids
 
 
@@ -403,30 +406,27 @@ def cluster_features(features: ShardedFeatures, k: int, m: int, pca_dim: int, ni
                      log: Log | None = None) -> tuple[HierarchicalResult, PCA, dict[str, float]]:
     """The clustering step over shards: PCA (whitening 0.5) from
     all-reduced moments, L2 normalisation into a cache at reduced_path (removed afterwards, as
-    the copy grouped by super-cluster next to it), hierarchical k-means; logs the assignments
-    checksum and returns stage timings."""
+    the copy grouped by super-cluster next to it), hierarchical k-means; returns stage timings. On
+    several workers it logs the assignments checksum, which must be the same on all of them."""
     log = log or (lambda line: None)
     start = time.perf_counter()
     pca = distributed_pca.fit_pca(features, pca_dim, 0.5, pca_sample, seed)
     reduced = distributed_pca.project_to_cache(features, pca, reduced_path, dtype)
     pca_s = time.perf_counter() - start
-    log(f"clustering: PCA {features.shape[1]}->{reduced.shape[1]} on {features.total} images "
-        f"({features.collective.workers} workers) in {pca_s:.2f} s")
     try:
         result = hierarchical_kmeans(reduced, k, m, niter, seed, os.path.splitext(reduced_path)[0] + "_grouped.npy")
     finally:
         os.remove(reduced_path)
     kmeans_s = time.perf_counter() - start - pca_s
-    log(f"clustering: k-means k={k} m={m} on {features.total} images in {kmeans_s:.2f} s "
-        f"(objective {result.objective:.4g}, {result.empty_split} empty clusters split)")
-    log(f"assignments checksum: {assignments_checksum(result.super_ids, result.sub_ids)}")
+    if features.collective.workers > 1:
+        log(f"assignments checksum: {assignments_checksum(result.super_ids, result.sub_ids)}")
     return result, pca, {"pca_s": pca_s, "kmeans_s": kmeans_s, "total_s": pca_s + kmeans_s}
 
 
-def cluster_array(features: np.ndarray, k: int, m: int, pca_dim: int, niter: int, seed: int,
-                  log: Log | None = None) -> tuple[HierarchicalResult, PCA, dict[str, float]]:
+def cluster_array(features: np.ndarray, k: int, m: int, pca_dim: int, niter: int, seed: int
+                  ) -> tuple[HierarchicalResult, PCA, dict[str, float]]:
     """cluster_features on features held in memory by one process, the reduced rows cached in a
     temporary folder: how evaluation and the benchmarks cluster as training does."""
     with tempfile.TemporaryDirectory() as folder:
         data = ShardedFeatures(np.asarray(features, np.float32), 0, len(features), Collective())
-        return cluster_features(data, k, m, pca_dim, niter, seed, os.path.join(folder, "reduced.npy"), log=log)
+        return cluster_features(data, k, m, pca_dim, niter, seed, os.path.join(folder, "reduced.npy"))

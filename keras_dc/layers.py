@@ -1,8 +1,8 @@
 """Fixed input layers: ImageNet normalisation, then zero padding and grey + Sobel.
 
-ImageNormalization is a registered Keras serialisable, so a `.keras` file loads with
-`import keras_dc.layers` and `keras.models.load_model` in safe mode; the padding, grey
-and Sobel stages are built-in Keras layers with fixed weights. Images are channels-last.
+Every stage is a built-in Keras layer with fixed settings (Rescaling, ZeroPadding2D and
+non-trainable Conv2Ds), so a `.keras` file holding them loads with `keras.saving.load_model`
+alone, in safe mode, in a Python that cannot import keras_dc. Images are channels-last.
 """
 
 from collections.abc import Sequence
@@ -11,7 +11,6 @@ import numpy as np
 
 import keras_dc  # noqa: F401  (sets KERAS_BACKEND before keras is imported)
 import keras
-from keras import ops
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
@@ -23,36 +22,20 @@ SOBEL_KERNELS = (
 )
 
 
-@keras.saving.register_keras_serializable(package="keras_dc")
-class ImageNormalization(keras.layers.Layer):
-    """Map RGB in [0, 255] to (x / 255 - mean) / std, per channel.
+def normalized_input(x, mean: Sequence[float] = IMAGENET_MEAN, std: Sequence[float] = IMAGENET_STD):
+    """Maps RGB in [0, 255] to (x / 255 - mean) / std per channel, so models take raw pixels.
 
-    Puts the normalisation inside the model so exported models take raw pixels.
+    Computed as (x * (1 / 255) - mean) * (1 / std) with float32 reciprocals, by three built-in
+    Rescaling layers: this is what TensorFlow's graph optimiser made of the formula in the
+    custom layer of earlier exports (divisions by constants become multiplications by their
+    reciprocals), so features and training are bit-identical to theirs.
     """
-
-    def __init__(
-        self,
-        mean: Sequence[float] = IMAGENET_MEAN,
-        std: Sequence[float] = IMAGENET_STD,
-        **kwargs,
-    ):
-        kwargs.setdefault("trainable", False)
-        super().__init__(**kwargs)
-        if len(mean) != len(std):
-            raise ValueError(f"mean and std must have the same length, got {mean} and {std}")
-        self.mean = tuple(float(m) for m in mean)
-        self.std = tuple(float(s) for s in std)
-
-    def call(self, inputs):
-        mean = ops.convert_to_tensor(np.asarray(self.mean), dtype=inputs.dtype)
-        std = ops.convert_to_tensor(np.asarray(self.std), dtype=inputs.dtype)
-        return (inputs / 255.0 - mean) / std
-
-    def compute_output_shape(self, input_shape):
-        return input_shape
-
-    def get_config(self) -> dict:
-        return {**super().get_config(), "mean": list(self.mean), "std": list(self.std)}
+    if len(mean) != len(std):
+        raise ValueError(f"mean and std must have the same length, got {mean} and {std}")
+    one = np.float32(1.0)
+    x = keras.layers.Rescaling(float(one / np.float32(255.0)), name="normalize_scale")(x)
+    x = keras.layers.Rescaling(1.0, [-float(m) for m in mean], name="normalize_center")(x)
+    return keras.layers.Rescaling([float(one / np.float32(s)) for s in std], name="normalize")(x)
 
 
 def padded_input(x, arch_padding: int, sobel: bool):

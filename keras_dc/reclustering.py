@@ -54,8 +54,6 @@ def recluster(backbone: keras.Model, source: ImageSource, config: Config, cycle:
         raw = extract_shard_to_cache(backbone, source, config.image_size, config.batch_size, rows,
                                      prefix + "_raw.npy", settings.dtype)
         extract_seconds = time.perf_counter() - start
-        log(f"clustering: extracted {rows[1] - rows[0]} x {raw.shape[1]} features on worker "
-            f"{collective.worker} of {collective.workers} in {extract_seconds:.2f} s")
         try:
             result, pca, timings = kmeans.cluster_features(
                 ShardedFeatures(raw.array, rows[0], source.num_images, collective), config.k,
@@ -69,6 +67,18 @@ def recluster(backbone: keras.Model, source: ImageSource, config: Config, cycle:
                             kmeans_objective=float(result.objective), empty_split=int(result.empty_split),
                             pca_seconds=timings["pca_s"], kmeans_seconds=timings["kmeans_s"])
     return assignment
+
+
+def summary_line(cycle: int, stats: dict) -> str:
+    """The one log line of a clustering: seconds per stage, k-means objective, NMI with the previous
+    cycle and with the labels (when known), empty clusters split. The rest goes to TensorBoard."""
+    if "kmeans_objective" not in stats:
+        return f"clustering: cycle {cycle}: k=1, every image in one cluster"
+    parts = [f"extract {stats['extract_seconds']:.2f} s, PCA {stats['pca_seconds']:.2f} s, "
+             f"k-means {stats['kmeans_seconds']:.2f} s", f"objective {stats['kmeans_objective']:.5g}"]
+    parts += [f"NMI vs {name} {stats[key]:.3f}" for key, name in (("cluster_nmi_prev", "previous"),
+                                                                  ("cluster_nmi_labels", "labels")) if key in stats]
+    return f"clustering: cycle {cycle}: {', '.join(parts)}, {stats['empty_split']} empty clusters split"
 
 
 def assignment_stats(assignment: Assignment, config: Config, labels: np.ndarray | None,

@@ -15,6 +15,8 @@ import os
 import numpy as np
 import tensorflow as tf
 
+from keras_dc import progress
+
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".gif", ".webp")
 SYNTHETIC_CLASSES = 10
 
@@ -81,7 +83,11 @@ def readable(paths: np.ndarray) -> np.ndarray:
         lambda index: (index, tf.shape(decode_file(tf.gather(path_tensor, index)))),
         num_parallel_calls=tf.data.AUTOTUNE, deterministic=False).ignore_errors()
     mask = np.zeros(len(paths), bool)
-    mask[[index for index, _ in dataset.as_numpy_iterator()]] = True
+    stage = progress.Stage("data: reading the folder", len(paths), "file")
+    for done, (index, _) in enumerate(dataset.as_numpy_iterator(), 1):
+        mask[index] = True
+        stage.update(done)
+    stage.update(len(paths))
     return mask
 
 

@@ -12,7 +12,7 @@ import keras_dc  # noqa: F401  (selects the TensorFlow backend)
 import keras
 
 from keras_dc import (backbones, callbacks, config as config_lib, data, distribute, feature_cache, kmeans,
-                      optimizer as optimizer_lib, preemption, workdir as workdir_lib)
+                      optimizer as optimizer_lib, preemption, progress, workdir as workdir_lib)
 from keras_dc.config import Config, ConfigError
 from keras_dc.eval_callback import EvaluationCallback
 from keras_dc.model import DeeperClusterModel
@@ -74,7 +74,7 @@ def check_settings(config: Config) -> tf.distribute.Strategy:
 
 def prepare_data(config: Config, log: Callable[[str], None] = print) -> ImageSource:
     """Loads the source and checks the settings that depend on it (after check_settings)."""
-    with setting_errors():
+    with setting_errors(), progress.reporting(config.verbose, config.progress_seconds):
         source = load_source(config.data, config.image_size, config.tfds_data_dir, config.synthetic_size,
                              config.seed)
     config_lib.validate_for_data(config, source.num_images)
@@ -120,7 +120,8 @@ def train(config: Config, source: ImageSource | None = None, log: Callable[[str]
     if start.epoch < config.epochs:
         single_process = not isinstance(strategy, tf.distribute.MultiWorkerMirroredStrategy)
         with preemption.sigterm_requests(enabled=single_process) as stop_request, \
-                distribute.checkpoint_write_dir(config.workdir, chief) as write_dir:
+                distribute.checkpoint_write_dir(config.workdir, chief) as write_dir, \
+                progress.reporting(config.verbose if chief else 0, config.progress_seconds):
             saver = training_checkpoints if chief else TrainingCheckpoints(
                 write_dir, model, training_checkpoints.steps_per_epoch)
             callback_list = run_callbacks(config, source, tables, saver, start, stop_request, log, strategy,
@@ -140,7 +141,8 @@ def fit(model: DeeperClusterModel, dataset: tf.data.Dataset, config: Config, sta
     An epoch's plan and augmentations depend on (seed, epoch) only, so skipping the
     batches already trained continues exactly as the uninterrupted run.
     """
-    run = functools.partial(model.fit, callbacks=callback_list, verbose=config.verbose)
+    run = functools.partial(model.fit, callbacks=callback_list, verbose=progress.resolve_verbose(config.verbose),
+                            shuffle=False)  # the dataset is in the epoch plan's order already
     first = start.epoch
     if start.step:
         run(dataset.skip(start.step), epochs=start.epoch + 1, initial_epoch=start.epoch)
@@ -171,13 +173,14 @@ def run_callbacks(config: Config, source: ImageSource, tables: data.LabelTables,
     chief = collective.worker == 0
     board = workdir_lib.tensorboard_dir(config.workdir)
     writer = tf.summary.create_file_writer(workdir_lib.tensorboard_dir(config.workdir, "clustering")) if chief else None
-    logs = [callbacks.MetricsFile(workdir_lib.metrics_path(config.workdir), start.epoch),
+    recluster = callbacks.ReclusterCallback(config, source, tables, config.workdir, log, writer,
+                                            resumed_mid_epoch=start.epoch if start.step else None,
+                                            collective=collective, cache=cache)
+    logs = [callbacks.MetricsFile(workdir_lib.metrics_path(config.workdir), start.epoch, recluster.take_stats),
             keras.callbacks.TensorBoard(board, write_graph=False, profile_batch=0)] if chief else []
     return [
         callbacks.StopOnNonFiniteLoss(),
-        callbacks.ReclusterCallback(config, source, tables, config.workdir, log, writer,
-                                    resumed_mid_epoch=start.epoch if start.step else None,
-                                    collective=collective, cache=cache),
+        recluster,
         *([evaluation] if evaluation else []),
         *logs,
         callbacks.CheckpointCallback(training_checkpoints, start, stop_request),

@@ -17,7 +17,7 @@ import tensorflow as tf
 from PIL import Image
 from tensorboard.plugins import projector
 
-import keras_dc.layers  # noqa: F401  (registers the backbone's custom layers before loading it)
+import keras_dc  # noqa: F401  (selects the TensorFlow backend)
 import keras
 
 from keras_dc import data, workdir as workdir_lib

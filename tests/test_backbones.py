@@ -171,8 +171,9 @@ def test_initialisation_statistics():
 def test_sobel_front_end(arch, first_kernel):
     model = build_backbone(arch, MIN_IMAGE_SIZE[arch], sobel=True)
     assert tuple(model.get_layer("block1_conv1").kernel.shape) == first_kernel
-    assert [layer.name for layer in model.layers[1:5]] == ["normalize", "input_pad", "grey", "sobel"]
-    assert not any(layer.trainable_weights for layer in model.layers[:5])
+    front = ["normalize_scale", "normalize_center", "normalize", "input_pad", "grey", "sobel"]
+    assert [layer.name for layer in model.layers[1:7]] == front
+    assert not any(layer.trainable_weights for layer in model.layers[:7])
     plain = build_backbone(arch, MIN_IMAGE_SIZE[arch])
     fixed = 3 + 1 + 3 * 3 * 2 + 2  # grey (1x1, 3 -> 1) and Sobel (3x3, 1 -> 2) kernels and zero biases
     assert model.count_params() == plain.count_params() - int(np.prod(first_kernel[:2])) * first_kernel[3] + fixed
@@ -185,25 +186,50 @@ def test_sync_batchnorm_flag_reaches_every_bn():
         assert len(bns) == 4 and all(layer.synchronized is sync for layer in bns)
 
 
-def test_saved_model_loads_with_only_the_layers_module(tmp_path):
+# A Python that has keras and tensorflow but cannot import keras_dc (installed or on the path).
+_WITHOUT_KERAS_DC = """
+    import os, sys
+    sys.modules["keras_dc"] = None  # any `import keras_dc...` now raises ImportError
+    os.environ["KERAS_BACKEND"] = "tensorflow"
+"""
+
+
+@pytest.fixture(scope="module")
+def exported_without_keras_dc(tmp_path_factory):
+    """Loads a saved Sobel backbone where keras_dc cannot be imported, compares its features with the
+    original's, then trains keras.Sequential([backbone, Dense(10)]) on it for a few steps."""
+    folder = tmp_path_factory.mktemp("export")
     model = build_backbone("small", 16, sobel=True, seed=7)
-    images = _images(3, 16)
-    np.save(tmp_path / "images.npy", images)
-    np.save(tmp_path / "expected.npy", model.predict(images, verbose=0))
-    model.save(tmp_path / "small.keras")
-    result = _run_python(f"""
-        import json, sys
+    images = _images(8, 16)
+    np.save(folder / "images.npy", images)
+    np.save(folder / "expected.npy", model.predict(images, verbose=0))
+    model.save(folder / "small.keras")
+    return _run_python(textwrap.dedent(_WITHOUT_KERAS_DC) + textwrap.dedent(f"""
+        import json
         import numpy as np
-        import keras_dc.layers
         import keras
-        model = keras.models.load_model({str(tmp_path / "small.keras")!r}, safe_mode=True)
-        out = model.predict(np.load({str(tmp_path / "images.npy")!r}), verbose=0)
-        expected = np.load({str(tmp_path / "expected.npy")!r})
-        print(json.dumps({{"max_diff": float(np.abs(out - expected).max()),
-                          "backbones_imported": "keras_dc.backbones" in sys.modules,
-                          "name": model.name}}))
-    """)
-    assert result == {"max_diff": 0.0, "backbones_imported": False, "name": "small_sobel"}
+        backbone = keras.saving.load_model({str(folder / "small.keras")!r}, safe_mode=True)
+        images = np.load({str(folder / "images.npy")!r})
+        out = backbone.predict(images, verbose=0)
+        max_diff = float(np.abs(out - np.load({str(folder / "expected.npy")!r})).max())
+        keras.utils.set_random_seed(0)
+        classifier = keras.Sequential([backbone, keras.layers.Dense(10)])
+        classifier.compile(optimizer=keras.optimizers.SGD(0.01),
+                           loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True))
+        history = classifier.fit(images, np.arange(8) % 10, batch_size=4, epochs=3, verbose=0)
+        print(json.dumps({{"max_diff": max_diff, "name": backbone.name, "losses": history.history["loss"],
+                          "keras_dc_loaded": any(name.startswith("keras_dc.") for name in sys.modules)}}))
+    """))
+
+
+def test_saved_backbone_loads_without_keras_dc(exported_without_keras_dc):
+    result = exported_without_keras_dc
+    assert (result["max_diff"], result["name"], result["keras_dc_loaded"]) == (0.0, "small_sobel", False)
+
+
+def test_a_classifier_on_the_loaded_backbone_trains(exported_without_keras_dc):
+    losses = exported_without_keras_dc["losses"]
+    assert len(losses) == 3 and np.all(np.isfinite(losses)) and losses[-1] != losses[0]
 
 
 def test_sync_batchnorm_under_mirrored_strategy():

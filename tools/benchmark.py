@@ -18,6 +18,8 @@ import json
 
 from absl import app, flags, logging
 
+from keras_dc import cli
+
 FLAGS = flags.FLAGS
 
 
@@ -107,6 +109,11 @@ def main(argv: list[str]) -> None:
             json.dump(figures, handle, indent=2, sort_keys=True)
 
 
-if __name__ == "__main__":
+def entry_point() -> None:
+    """The program, run as `python tools/benchmark.py` or as the console script `keras-dc-benchmark`."""
     define_flags()
-    app.run(main)
+    cli.run(main, __name__)
+
+
+if __name__ == "__main__":
+    entry_point()

@@ -16,6 +16,8 @@ import sys
 
 from absl import app, flags, logging
 
+from keras_dc import cli
+
 FLAGS = flags.FLAGS
 
 
@@ -94,6 +96,11 @@ def main(argv: list[str]) -> None:
             json.dump(rows, handle, indent=2)
 
 
-if __name__ == "__main__":
+def entry_point() -> None:
+    """The program, run as `python tools/benchmark_clustering.py` or as `keras-dc-benchmark-clustering`."""
     define_flags()
-    app.run(main)
+    cli.run(main, __name__)
+
+
+if __name__ == "__main__":
+    entry_point()

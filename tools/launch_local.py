@@ -14,7 +14,9 @@ from __future__ import annotations
 import os
 import sys
 
-from absl import app, flags
+from absl import flags
+
+from keras_dc import cli
 
 TOOLS = os.path.dirname(os.path.abspath(__file__))
 
@@ -46,6 +48,11 @@ def _usage(message: str) -> None:
     sys.exit(2)
 
 
-if __name__ == "__main__":
+def entry_point() -> None:
+    """The program, run as `python tools/launch_local.py` or as the console script `keras-dc-launch-local`."""
     define_flags()
-    app.run(main)
+    cli.run(main, __name__)
+
+
+if __name__ == "__main__":
+    entry_point()

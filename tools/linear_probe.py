@@ -16,6 +16,7 @@ import sys
 
 from absl import app, flags, logging
 
+from keras_dc import cli
 from keras_dc.config import ConfigError
 
 FLAGS = flags.FLAGS
@@ -108,7 +109,7 @@ def settings_from_flags():
 
 def load_backbone():
     """The network to probe and a line describing where it came from."""
-    import keras_dc.layers  # noqa: F401  (registers the custom layers for loading)
+    import keras_dc  # noqa: F401  (selects the TensorFlow backend)
     import keras
 
     from keras_dc import backbones
@@ -235,6 +236,11 @@ def main(argv: list[str]) -> None:
         print(f"report: {FLAGS.output}")
 
 
-if __name__ == "__main__":
+def entry_point() -> None:
+    """The program, run as `python tools/linear_probe.py` or as the console script `keras-dc-probe`."""
     define_flags()
-    app.run(main)
+    cli.run(main, __name__)
+
+
+if __name__ == "__main__":
+    entry_point()

@@ -15,6 +15,7 @@ import sys
 
 from absl import app, flags, logging
 
+from keras_dc import cli
 from keras_dc.config import Config, ConfigError
 
 FLAGS = flags.FLAGS
@@ -56,7 +57,10 @@ HELP = {
     "max_cache_gb": "Refuse to start when one worker's feature caches would exceed this many GB (0: no limit).",
     "eval_every": "Every this many epochs, log k-NN and linear-probe top-1 on labelled data (0: never).",
     "eval_data": "Labelled validation set of --eval_every (syntax of --data; default: hold out 20% of --data).",
-    "verbose": "Keras progress output: 0 silent, 1 progress bar, 2 one line per epoch.",
+    "verbose": "Progress output: 0 silent, 1 progress bars, 2 one line per epoch and plain progress lines; "
+               "-1: 1 on a terminal, 2 otherwise.",
+    "progress_seconds": "With --verbose=2, seconds between two progress lines of a long stage (folder scan, "
+                        "extraction, PCA, k-means); a shorter stage prints none.",
 }
 
 
@@ -132,7 +136,12 @@ def print_summary(result: dict) -> None:
     print(f"  TensorBoard: tensorboard --logdir {result['tensorboard']}")
 
 
-if __name__ == "__main__":
+def entry_point() -> None:
+    """The program, run as `python tools/train.py` or as the console script `keras-dc-train`."""
     define_flags()
     flags.DEFINE_bool("dry_run", False, "Print the memory plan of the run (per replica and per worker) and exit.")
-    app.run(main)
+    cli.run(main, __name__)
+
+
+if __name__ == "__main__":
+    entry_point()

@@ -12,6 +12,7 @@ import sys
 
 from absl import app, flags, logging
 
+from keras_dc import cli
 from keras_dc.config import ConfigError
 
 FLAGS = flags.FLAGS
@@ -69,6 +70,11 @@ def main(argv: list[str]) -> None:
     print(f"  TensorBoard images and projector ({summary.get('projector_images', 0)} images): {summary['tensorboard']}")
 
 
-if __name__ == "__main__":
+def entry_point() -> None:
+    """The program, run as `python tools/visualize_clusters.py` or as the console script `keras-dc-visualize`."""
     define_flags()
-    app.run(main)
+    cli.run(main, __name__)
+
+
+if __name__ == "__main__":
+    entry_point()

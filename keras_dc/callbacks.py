@@ -121,7 +121,7 @@ class ReclusterCallback(keras.callbacks.Callback):
             self.writer.flush()
 
 
-class NonFiniteLoss(RuntimeError):
+class NonFiniteLoss(workdir_lib.Diverged):
     """The loss became NaN or infinite; training stopped before any checkpoint held that state."""
 
 
@@ -183,29 +183,24 @@ class CheckpointCallback(keras.callbacks.Callback):
 
 
 class MetricsFile(keras.callbacks.Callback):
-    """Keeps each epoch's figures, and those `extra` returns (a clustering's), as one JSON line
-    (machine-readable twin of TensorBoard).
+    """Keeps each epoch's figures, the learning rate it trained with, and those `extra` returns (a
+    clustering's), as one JSON line (machine-readable twin of TensorBoard).
 
     The whole file is rewritten atomically each epoch, so a kill never leaves half
     a line; on resume, the lines of epochs that will be redone are dropped.
     """
 
-    def __init__(self, path: str, first_epoch: int, extra: Callable[[], dict] | None = None):
+    def __init__(self, workdir: str, first_epoch: int, log: Callable[[str], None] = print,
+                 extra: Callable[[], dict] | None = None):
         super().__init__()
-        self.path = path
-        self.lines = _lines_up_to(path, first_epoch)
+        self.path = workdir_lib.metrics_path(workdir)
+        self.lines = workdir_lib.read_metrics(workdir, first_epoch, log)
         self.extra = extra or dict
 
     def on_epoch_end(self, epoch, logs=None):
+        learning_rate = float(keras.ops.convert_to_numpy(self.model.optimizer.learning_rate))
         figures = {**(logs or {}), **self.extra()}
-        record = {"epoch": epoch + 1, **{key: float(value) for key, value in figures.items()}}
+        record = {"epoch": epoch + 1, "learning_rate": learning_rate,
+                  **{key: float(value) for key, value in figures.items()}}
         self.lines.append(json.dumps(record, sort_keys=True) + "\n")
         workdir_lib.atomic_write_bytes(self.path, "".join(self.lines).encode())
-
-
-def _lines_up_to(path: str, last_epoch: int) -> list[str]:
-    """The file's lines of epochs 1..last_epoch (a resumed run redoes the others)."""
-    if not os.path.exists(path):
-        return []
-    with open(path) as handle:
-        return [line for line in handle if line.strip() and json.loads(line)["epoch"] <= last_epoch]

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import math
 import os
 from collections.abc import Iterator
 
@@ -26,6 +27,9 @@ VERBOSITIES = (-1, 0, 1, 2)  # -1: keras_dc.progress.AUTO
 # in batches): a workdir written with other values cannot be resumed.
 RESUME_KEYS = ("data", "arch", "image_size", "k", "super_clusters", "rotation", "sobel", "seed",
                "reassign_every", "batch_size")
+# Not a setting of the run: a workdir may be moved.
+NOT_SETTINGS = ("workdir",)
+MAX_SEED = 2**32 - 1  # numpy's and Keras' global seeds are 32-bit
 
 
 class ConfigError(ValueError):
@@ -136,11 +140,17 @@ def validate(config: Config) -> None:
 
 
 def _check_numbers(config: Config) -> None:
+    for field in dataclasses.fields(config):
+        value = getattr(config, field.name)
+        if isinstance(value, float) and not math.isfinite(value):
+            raise ConfigError(field.name, f"must be a finite number, got {value}")
     for flag in ("batch_size", "epochs", "reassign_every", "pca_dim", "kmeans_iters", "lr"):
         _positive(flag, getattr(config, flag))
     for flag in ("seed", "pca_sample", "max_cache_gb", "eval_every", "progress_seconds"):
         if getattr(config, flag) < 0:
             raise ConfigError(flag, f"must be 0 or more, got {getattr(config, flag)}")
+    if config.seed > MAX_SEED:
+        raise ConfigError("seed", f"must be below 2**32 = {MAX_SEED + 1}, got {config.seed}")
     if config.data == "synthetic":
         _positive("synthetic_size", config.synthetic_size)
     if config.weight_decay < 0 or not 0 <= config.momentum < 1:
@@ -157,6 +167,9 @@ def _check_clusters(config: Config) -> None:
         raise ConfigError("super_clusters", f"must be at least 1, got {config.super_clusters}")
     if config.k % config.super_clusters:
         raise ConfigError("k", f"{config.k} is not divisible by --super_clusters={config.super_clusters}")
+    if config.k == 1 and not config.rotation:
+        raise ConfigError("k", "1 cluster without --rotation gives every image the same label: nothing to "
+                          "learn; use k > 1 or --rotation")
 
 
 def _check_workdir(workdir: str) -> None:
@@ -168,8 +181,12 @@ def _check_workdir(workdir: str) -> None:
     parent = os.path.abspath(workdir)
     while not os.path.exists(parent):
         parent = os.path.dirname(parent)
-    if not os.access(parent, os.W_OK):
-        raise ConfigError("workdir", f"cannot write in {parent}")
+    if not os.path.isdir(parent):
+        raise ConfigError("workdir", f"{parent} is a file, so {workdir} cannot be a folder under it")
+    writable = [parent] + [os.path.join(workdir, name) for name in ("checkpoints", "assignments")]
+    for folder in writable:
+        if os.path.isdir(folder) and not os.access(folder, os.W_OK):
+            raise ConfigError("workdir", f"cannot write in {folder}")
 
 
 def _check_choice(flag: str, value, allowed: tuple) -> None:
@@ -199,3 +216,12 @@ def check_resumable(config: Config, saved: Config, saved_num_images: int | None,
         raise ConfigError("data", f"the workdir {config.workdir} was trained on {saved_num_images} readable "
                           f"images, {config.data} now has {num_images} (files added, removed or damaged); "
                           f"restore the data or use another --workdir")
+
+
+def changed_settings(config: Config, saved: Config, recorded: frozenset[str] | None = None) -> dict[str, list]:
+    """{flag: [saved value, new value]} of the settings a resumed run changes (those outside RESUME_KEYS,
+    which check_resumable refuses to change); settings the saved file does not record are left out."""
+    return {field.name: [getattr(saved, field.name), getattr(config, field.name)]
+            for field in dataclasses.fields(Config)
+            if field.name not in RESUME_KEYS + NOT_SETTINGS and (recorded is None or field.name in recorded)
+            and getattr(saved, field.name) != getattr(config, field.name)}

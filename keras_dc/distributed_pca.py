@@ -14,6 +14,16 @@ from keras_dc.feature_cache import CacheWriter, ShardedFeatures
 from keras_dc.pca import PCA, pca_from_moments, pca_from_rows
 
 
+class NonFiniteFeatures(ValueError):
+    """The features hold a NaN or an infinity (the network diverged): there is nothing to cluster."""
+
+
+def _finite(values: np.ndarray) -> np.ndarray:
+    if not np.all(np.isfinite(values)):
+        raise NonFiniteFeatures("the network's features hold NaN or infinite values")
+    return values
+
+
 def _sample(total: int, sample_size: int | None, seed: int) -> np.ndarray | None:
     """The sorted global rows of the seeded sample (the same draw as pca.fit_pca); None means all rows."""
     if sample_size is None or sample_size >= total:
@@ -65,15 +75,17 @@ def _moments(data: ShardedFeatures, positions: np.ndarray | None) -> tuple[np.nd
 def fit_pca(data: ShardedFeatures, dim: int, whitening_power: float = 0.5, sample_size: int | None = None,
             seed: int = 0) -> PCA:
     """The PCA that pca.fit_pca would fit on all workers' rows together (or on the same seeded
-    sample of sample_size rows), identical on every worker."""
+    sample of sample_size rows), identical on every worker; NonFiniteFeatures for a NaN or infinity
+    (the sums every worker sees, so all raise together)."""
     if dim < 1:
         raise ValueError(f"PCA dimension must be >= 1, got {dim}")
     rows = _sample(data.total, sample_size, seed)
     if (data.total if rows is None else len(rows)) < data.shape[1]:  # fewer rows than dims: the Gram route
-        fitted = pca_from_rows(data[np.arange(data.total) if rows is None else rows], dim, whitening_power)
+        fitted = pca_from_rows(_finite(data[np.arange(data.total) if rows is None else rows]), dim,
+                               whitening_power)
     else:
         mean, cov = _moments(data, _local_sample(data, rows))
-        fitted = pca_from_moments(mean, cov, dim, whitening_power)
+        fitted = pca_from_moments(_finite(mean), _finite(cov), dim, whitening_power)
     broadcast = data.collective.broadcast
     return PCA(broadcast(fitted.mean), broadcast(fitted.components), broadcast(fitted.eigenvalues),
                fitted.whitening_power)

@@ -18,9 +18,10 @@ import keras
 
 from keras_dc import data, distribute, feature_cache, kmeans
 from keras_dc.config import Config
+from keras_dc.distributed_pca import NonFiniteFeatures
 from keras_dc.feature_cache import CacheSettings, FeatureCache, ShardedFeatures
 from keras_dc.sources import ImageSource
-from keras_dc.workdir import Assignment
+from keras_dc.workdir import Assignment, Diverged
 
 
 def cycle_seed(seed: int, cycle: int, salt: int) -> int:
@@ -59,6 +60,8 @@ def recluster(backbone: keras.Model, source: ImageSource, config: Config, cycle:
                 ShardedFeatures(raw.array, rows[0], source.num_images, collective), config.k,
                 config.super_clusters, config.pca_dim, config.kmeans_iters, cycle_seed(config.seed, cycle, 1),
                 prefix + "_reduced.npy", pca_sample=config.pca_sample or None, dtype=settings.dtype, log=log)
+        except NonFiniteFeatures as error:
+            raise Diverged(f"{error} at the clustering of cycle {cycle}; nothing of it was saved") from None
         finally:
             raw.remove()
     assignment = Assignment(result.super_ids, result.sub_ids, {}, pca)

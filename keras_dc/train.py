@@ -94,7 +94,9 @@ def train(config: Config, source: ImageSource | None = None, log: Callable[[str]
     """Trains (or resumes) the run in config.workdir and exports the backbone; returns a summary.
 
     Raises ConfigError for a bad setting, preemption.Preempted after SIGTERM (a checkpoint
-    was saved at the current batch) and callbacks.NonFiniteLoss if the loss diverges.
+    was saved at the current batch), workdir.Diverged if the loss or the weights become
+    non-finite and an OSError (workdir.StorageError) when a workdir file cannot be written
+    or no checkpoint reads back whole.
     """
     strategy = strategy or check_settings(config)
     source = source or prepare_data(config, log)
@@ -111,8 +113,11 @@ def train(config: Config, source: ImageSource | None = None, log: Callable[[str]
     dataset = make_dataset(batch_size=config.batch_size)
     training_checkpoints = TrainingCheckpoints(config.workdir, model, int(dataset.cardinality()))
     with setting_errors():
-        start = training_checkpoints.restore()
+        start = training_checkpoints.restore(functools.partial(assignments_problem, config), log, chief)
+    apply_settings(model, config)
     if chief:
+        workdir_lib.set_aside_damaged_assignments(config.workdir, log)
+        record_changes(config, start, log)
         workdir_lib.write_config(config.workdir, config, source.description, source.num_images)
         write_data_summary(source, workdir_lib.tensorboard_dir(config.workdir, "data"))
     if start != Position(0):
@@ -132,6 +137,35 @@ def train(config: Config, source: ImageSource | None = None, log: Callable[[str]
     if chief:
         export_backbone(model.backbone, config, source)
     return summary(config)
+
+
+def assignments_problem(config: Config, position: Position) -> str | None:
+    """Why a checkpoint at `position` cannot be resumed from: the cycle it stopped in the middle of has
+    damaged assignments (a cycle that starts there is clustered again instead)."""
+    if position.step == 0 and position.epoch % config.reassign_every == 0:
+        return None
+    problem = workdir_lib.assignment_problem(config.workdir, position.epoch // config.reassign_every)
+    return problem and f"needs {problem}"
+
+
+def apply_settings(model: DeeperClusterModel, config: Config) -> None:
+    """Gives the settings a checkpoint also holds their values of this run: the optimizer's learning
+    rate is a variable restored with it, and a resumed run trains with the --lr it was given."""
+    model.optimizer.learning_rate.assign(config.lr)
+
+
+def record_changes(config: Config, start: Position, log: Callable[[str], None]) -> None:
+    """Logs each setting this run changes from the workdir's saved ones, one line each, and appends
+    them to settings_history.jsonl (before config.json is rewritten with the new values)."""
+    with setting_errors():
+        saved = workdir_lib.saved_run(config.workdir)
+    if saved is None:
+        return
+    changes = config_lib.changed_settings(config, saved.config, saved.recorded)
+    for flag, (before, after) in sorted(changes.items()):
+        log(f"resume: --{flag} changed from {before} to {after}; the new value applies from here on")
+    if changes:
+        workdir_lib.record_setting_changes(config.workdir, start, changes)
 
 
 def fit(model: DeeperClusterModel, dataset: tf.data.Dataset, config: Config, start: Position,
@@ -176,7 +210,7 @@ def run_callbacks(config: Config, source: ImageSource, tables: data.LabelTables,
     recluster = callbacks.ReclusterCallback(config, source, tables, config.workdir, log, writer,
                                             resumed_mid_epoch=start.epoch if start.step else None,
                                             collective=collective, cache=cache)
-    logs = [callbacks.MetricsFile(workdir_lib.metrics_path(config.workdir), start.epoch, recluster.take_stats),
+    logs = [callbacks.MetricsFile(config.workdir, start.epoch, log, recluster.take_stats),
             keras.callbacks.TensorBoard(board, write_graph=False, profile_batch=0)] if chief else []
     return [
         callbacks.StopOnNonFiniteLoss(),

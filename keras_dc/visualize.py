@@ -190,6 +190,6 @@ def export_run_sample(workdir: str, source: ImageSource, assignment: Assignment,
     indices = np.sort(np.random.default_rng(seed).choice(source.num_images, min(count, source.num_images),
                                                          replace=False))
     views = load_views(source, indices, image_size)
-    features = projector_features(keras.models.load_model(path), views, assignment)
+    features = projector_features(workdir_lib.load_backbone(path), views, assignment)
     export_projector(folder, features, projector_metadata(indices, cluster_ids, source), to_uint8(views))
     return len(indices)

@@ -9,22 +9,34 @@ Layout of a workdir:
     tensorboard/                  TensorBoard logs
     feature_cache/                features cached while clustering (unless elsewhere)
     backbone.keras, backbone.json the exported feature extractor and its description
+    settings_history.jsonl        one JSON line per resume that changed a setting
     cluster_grids/                PNG grids of tools/visualize_clusters.py
+    set_aside/                    damaged files (and checkpoints newer than the one resumed from),
+                                  moved here, never deleted
 Files are written to a temporary name, flushed, fsynced and renamed, so a
 killed run leaves either the old file or the new one, never half of one.
 Checkpoints are fsynced before tf.train.CheckpointManager records them in
 checkpoints/checkpoint (itself replaced by a rename), so a kill in the middle
-of a save leaves the previous checkpoint the latest one.
+of a save leaves the previous checkpoint the latest one. A file found damaged
+anyway (a disk error, a copy cut short) is reported in one line and set aside;
+a run resumes from the newest checkpoint that reads back whole and finite.
 """
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import glob
 import io
 import json
+import logging
 import os
+import re
 import tempfile
+import time
+import zipfile
+from collections.abc import Iterator
+from typing import Callable
 
 import numpy as np
 import tensorflow as tf
@@ -36,6 +48,17 @@ from keras_dc.pca import PCA
 
 class WorkdirError(ValueError):
     """A workdir lacks a file it should hold, or holds one this run cannot use."""
+
+
+class StorageError(OSError):
+    """A workdir file cannot be written, or read back whole (disk full, no permission, damaged file)."""
+
+
+WRITE_ADVICE = "free space or fix permissions and rerun: the run resumes from its last checkpoint"
+
+
+class Diverged(RuntimeError):
+    """Training reached a non-finite loss or state; nothing of that state was saved."""
 
 
 def atomic_write_bytes(path: str, payload: bytes) -> None:
@@ -132,6 +155,63 @@ def backbone_description_path(workdir: str) -> str:
     return os.path.join(workdir, "backbone.json")
 
 
+def settings_history_path(workdir: str) -> str:
+    return os.path.join(workdir, "settings_history.jsonl")
+
+
+def set_aside_dir(workdir: str) -> str:
+    return os.path.join(workdir, "set_aside")
+
+
+def set_aside(workdir: str, path: str) -> str:
+    """Moves a workdir file out of the run's way into set_aside/ (same relative path, never overwriting
+    an earlier one) and returns where it went: damaged files are kept for inspection, never deleted."""
+    relative = os.path.relpath(path, workdir)
+    target = os.path.join(set_aside_dir(workdir), relative)
+    number = 0
+    while os.path.exists(target):
+        number += 1
+        target = os.path.join(set_aside_dir(workdir), f"{relative}.{number}")
+    os.makedirs(os.path.dirname(target), exist_ok=True)
+    os.replace(path, target)
+    fsync_path(os.path.dirname(path))
+    return target
+
+
+def record_setting_changes(workdir: str, position: Position, changes: dict[str, list]) -> None:
+    """Appends one line to settings_history.jsonl: when (after which epoch and batch) which settings
+    changed, [old, new]; earlier lines are never rewritten."""
+    path = settings_history_path(workdir)
+    previous = open(path, "rb").read() if os.path.exists(path) else b""
+    line = json.dumps({"time": time.strftime("%Y-%m-%dT%H:%M:%S%z"), "after_epoch": position.epoch,
+                       "after_batch": position.step, "changes": changes}, sort_keys=True)
+    atomic_write_bytes(path, previous + line.encode() + b"\n")
+
+
+def read_metrics(workdir: str, last_epoch: int, log: Callable[[str], None] = print) -> list[str]:
+    """The lines of metrics.jsonl for epochs 1..last_epoch (a resumed run redoes the others). A file with
+    a damaged line (a copy cut short) is set aside whole, reported, and the intact lines are written back."""
+    path = metrics_path(workdir)
+    if not os.path.exists(path):
+        return []
+    kept, damaged = [], 0
+    with open(path) as handle:
+        for line in filter(str.strip, handle):
+            try:
+                epoch = json.loads(line)["epoch"]
+            except (ValueError, KeyError, TypeError):
+                damaged += 1
+                continue
+            if epoch <= last_epoch:
+                kept.append(line if line.endswith("\n") else line + "\n")
+    if damaged:
+        where = set_aside(workdir, path)
+        atomic_write_bytes(path, "".join(kept).encode())
+        log(f"workdir: {path} had {damaged} damaged line(s); kept its {len(kept)} intact ones, the file "
+            f"as found is in {where}")
+    return kept
+
+
 @dataclasses.dataclass(frozen=True)
 class SavedRun:
     """What config.json records: the settings, the data's description and its readable image count."""
@@ -189,9 +269,43 @@ class Assignment:
 
     @classmethod
     def load(cls, path: str) -> Assignment:
-        arrays = load_npz(path)
-        pca = PCA.from_arrays(arrays) if "pca_mean" in arrays else None
-        return cls(arrays["super_ids"], arrays["sub_ids"], json.loads(str(arrays["stats_json"])), pca)
+        """The saved assignments; a StorageError naming the file when it does not read back whole."""
+        try:
+            arrays = load_npz(path)
+            pca = PCA.from_arrays(arrays) if "pca_mean" in arrays else None
+            return cls(arrays["super_ids"], arrays["sub_ids"], json.loads(str(arrays["stats_json"])), pca)
+        except (OSError, EOFError, ValueError, KeyError, zipfile.BadZipFile) as error:
+            if isinstance(error, FileNotFoundError):
+                raise
+            raise StorageError(f"{path} is damaged ({_reason(error)})") from None
+
+
+def _reason(error: BaseException) -> str:
+    """The first line of an error's message, short enough for a one-line report."""
+    lines = str(error).strip().splitlines()
+    return (lines[0] if lines else type(error).__name__)[:200]
+
+
+def assignment_problem(workdir: str, cycle: int) -> str | None:
+    """Why the saved assignments of `cycle` cannot be used (damaged), or None (intact or never saved)."""
+    path = assignment_path(workdir, cycle)
+    if not os.path.exists(path):
+        return None
+    try:
+        Assignment.load(path)
+    except StorageError as error:
+        return str(error)
+    return None
+
+
+def set_aside_damaged_assignments(workdir: str, log: Callable[[str], None] = print) -> None:
+    """Moves every damaged assignments file to set_aside/, one line each: a cycle that has none
+    is clustered again when it starts, an earlier one is no longer compared with."""
+    for cycle in saved_cycles(workdir):
+        problem = assignment_problem(workdir, cycle)
+        if problem:
+            where = set_aside(workdir, assignment_path(workdir, cycle))
+            log(f"workdir: {problem}; moved to {where}")
 
 
 def saved_cycles(workdir: str) -> list[int]:
@@ -210,13 +324,29 @@ def latest_assignment(workdir: str, first: bool = False) -> tuple[int, Assignmen
 
 
 def save_backbone(workdir: str, backbone, description: dict) -> str:
-    """Exports the feature extractor as backbone.keras (renamed into place) with its description."""
+    """Exports the feature extractor as backbone.keras (fsynced and renamed into place) with its description."""
     path = backbone_path(workdir)
     temporary = path + ".tmp.keras"
     backbone.save(temporary)
+    fsync_path(temporary)
     os.replace(temporary, path)
+    fsync_path(os.path.dirname(os.path.abspath(path)))
     write_json(backbone_description_path(workdir), description)
     return path
+
+
+def load_backbone(path: str):
+    """The saved feature extractor; a StorageError naming the file when it does not load (damaged)."""
+    import keras_dc.layers  # noqa: F401  (registers the custom layers for loading)
+    import keras
+
+    try:
+        return keras.models.load_model(path)
+    except FileNotFoundError:
+        raise
+    except Exception as error:  # a cut-short .keras fails in zipfile, h5py or JSON parsing alike
+        raise StorageError(f"{path} is damaged ({_reason(error)}); rerun tools/train.py with the run's "
+                           f"flags to export it again") from None
 
 
 def existing_backbone(workdir: str) -> str:
@@ -242,13 +372,51 @@ def sync_checkpoint(prefix: str) -> None:
     fsync_path(os.path.dirname(prefix))
 
 
+CHECKPOINT_NAME = "ckpt"  # tf.train.CheckpointManager's file names: ckpt-NUMBER.index, ckpt-NUMBER.data-*
+# How a checkpoint that does not fit this run's objects fails (as opposed to one that is damaged).
+MISMATCH_ERRORS = (AssertionError, ValueError)
+
+
+@contextlib.contextmanager
+def _quiet_tensorflow() -> Iterator[None]:
+    """Silences TensorFlow's warnings (a damaged state file is reported here, in one line)."""
+    logger = logging.getLogger("tensorflow")
+    level = logger.level
+    logger.setLevel(logging.ERROR)
+    try:
+        yield
+    finally:
+        logger.setLevel(level)
+
+
+def _checkpoints_on_disk(folder: str) -> list[str]:
+    """Prefixes of the checkpoints whose index file is in `folder`, newest (highest number) first."""
+    pattern = re.compile(re.escape(CHECKPOINT_NAME) + r"-(\d+)\.index$")
+    numbers = [int(match.group(1)) for match in map(pattern.match, os.listdir(folder) if os.path.isdir(folder) else [])
+               if match]
+    return [os.path.join(folder, f"{CHECKPOINT_NAME}-{number}") for number in sorted(numbers, reverse=True)]
+
+
+def _write_checkpoint_state(folder: str, latest: str, kept: list[str]) -> None:
+    """Writes checkpoints/checkpoint (tf.train.CheckpointManager's text state) naming `latest` and the
+    `kept` prefixes, oldest first, with their files' times, so that the manager rotates them as usual."""
+    times = [os.path.getmtime(prefix + ".index") for prefix in kept]
+    lines = [f'model_checkpoint_path: "{os.path.basename(latest)}"']
+    lines += [f'all_model_checkpoint_paths: "{os.path.basename(prefix)}"' for prefix in kept]
+    lines += [f"all_model_checkpoint_timestamps: {value!r}" for value in times]
+    lines.append(f"last_preserved_timestamp: {min(times, default=time.time()) - 1.0!r}")
+    atomic_write_bytes(os.path.join(folder, "checkpoint"), ("\n".join(lines) + "\n").encode())
+
+
 class TrainingCheckpoints:
     """Model, optimizer, dropout-RNG state, running metrics and position, restored on rerun.
 
     The dropout seed-generator states are saved too: without them a resumed run
     would draw other dropout masks than an uninterrupted one. The running metrics
     let a run resumed mid-epoch report that epoch's figures over all its batches.
-    Checkpoint numbers count batches: epoch * steps_per_epoch + step.
+    Checkpoint numbers count batches: epoch * steps_per_epoch + step. A state with
+    a non-finite value is never written (Diverged), and restoring skips checkpoints
+    that do not read back whole and finite.
     """
 
     def __init__(self, workdir: str, model, steps_per_epoch: int, max_to_keep: int = 2):
@@ -258,24 +426,84 @@ class TrainingCheckpoints:
         self.step = tf.Variable(0, dtype=tf.int64, trainable=False, name="position_step")
         self.checkpoint = tf.train.Checkpoint(model=model, optimizer=model.optimizer, seed_states=seed_states,
                                               metrics=self.metric_variables, epoch=self.epoch, step=self.step)
-        self.manager = tf.train.CheckpointManager(self.checkpoint, checkpoints_dir(workdir),
-                                                  max_to_keep=max_to_keep)
+        self.saved_variables = [*model.variables, *model.optimizer.variables, *self.metric_variables]
+        self.workdir = workdir
+        self.max_to_keep = max_to_keep
+        self.manager = self._manager()
         self.steps_per_epoch = steps_per_epoch
         self.restored_metrics: list[np.ndarray] = []
 
-    def restore(self) -> Position:
-        """Restores the latest checkpoint, if any; returns where it stopped."""
-        latest = self.manager.latest_checkpoint
-        if latest is None:
-            return Position(0)
+    def _manager(self) -> tf.train.CheckpointManager:
+        with _quiet_tensorflow():
+            return tf.train.CheckpointManager(self.checkpoint, checkpoints_dir(self.workdir),
+                                              max_to_keep=self.max_to_keep)
+
+    def non_finite_variables(self) -> list[str]:
+        """Paths of the saved floating-point variables holding a NaN or an infinity."""
+        return [variable.path for variable in self.saved_variables
+                if tf.as_dtype(variable.dtype).is_floating and not bool(tf.reduce_all(tf.math.is_finite(variable)))]
+
+    def restore(self, problem: Callable[[Position], str | None] = lambda position: None,
+                log: Callable[[str], None] = print, chief: bool = True) -> Position:
+        """Restores the newest checkpoint on disk that reads back whole, holds only finite values and
+        for which `problem(position)` finds nothing missing; returns where it stopped.
+
+        Checkpoints newer than that one are reported in one line each and (by the chief) set aside,
+        and the state file is rebuilt when it was damaged or named another. A checkpoint written for
+        other objects is a WorkdirError; when no checkpoint is usable, a StorageError; in both cases
+        nothing is moved.
+        """
+        rejected: list[tuple[str, str]] = []
+        for prefix in _checkpoints_on_disk(checkpoints_dir(self.workdir)):
+            reason = self._load(prefix)
+            position = Position(int(self.epoch.numpy()), int(self.step.numpy()))
+            reason = reason or problem(position)
+            if reason is None:
+                if chief:
+                    self._settle(prefix, rejected, log)
+                self.restored_metrics = [variable.numpy() for variable in self.metric_variables]
+                return position
+            rejected.append((prefix, reason))
+        if rejected:
+            prefix, reason = rejected[0]
+            raise StorageError(f"no usable checkpoint in {checkpoints_dir(self.workdir)}: the newest, {prefix}, "
+                               f"{reason}; {len(rejected)} tried, nothing was moved: restore the files or use "
+                               f"another --workdir")
+        return Position(0)
+
+    def _load(self, prefix: str) -> str | None:
+        """Restores `prefix`; None if it read back whole and finite, else why not. A checkpoint of
+        other objects (another configuration) is a WorkdirError."""
         try:
-            self.checkpoint.restore(latest).assert_existing_objects_matched()
-        except (AssertionError, ValueError, tf.errors.OpError) as error:
-            reason = str(error).strip().splitlines()[0][:200]
-            raise WorkdirError(f"cannot resume from {latest} ({reason}): it was written with another "
+            self.checkpoint.restore(prefix).assert_existing_objects_matched()
+        except MISMATCH_ERRORS as error:
+            raise WorkdirError(f"cannot resume from {prefix} ({_reason(error)}): it was written with another "
                                f"configuration or is damaged; use another workdir") from None
-        self.restored_metrics = [variable.numpy() for variable in self.metric_variables]
-        return Position(int(self.epoch.numpy()), int(self.step.numpy()))
+        except (tf.errors.OpError, OSError, IndexError) as error:
+            return f"is damaged ({_reason(error)})"
+        non_finite = self.non_finite_variables()
+        if non_finite:
+            return f"holds non-finite values ({len(non_finite)} variables, e.g. {non_finite[0]})"
+        return None
+
+    def _settle(self, chosen: str, rejected: list[tuple[str, str]], log: Callable[[str], None]) -> None:
+        """Sets aside the rejected checkpoints and, if needed, rebuilds the state file around `chosen`."""
+        for prefix, reason in rejected:
+            for path in glob.glob(glob.escape(prefix) + ".*"):
+                where = set_aside(self.workdir, path)
+            log(f"workdir: {prefix} {reason}; moved to {os.path.dirname(where)}, resuming from {chosen}")
+        folder = checkpoints_dir(self.workdir)
+        state = os.path.join(folder, "checkpoint")
+        with _quiet_tensorflow():
+            recorded = tf.train.get_checkpoint_state(folder) if os.path.exists(state) else None
+        if os.path.exists(state) and recorded is None:
+            log(f"workdir: {state} is damaged; moved to {set_aside(self.workdir, state)}, rebuilt from the "
+                f"checkpoints on disk")
+        if recorded is None or recorded.model_checkpoint_path != chosen or rejected:
+            kept = [prefix for prefix in reversed(_checkpoints_on_disk(folder))
+                    if _number(prefix) <= _number(chosen)][-self.max_to_keep:]
+            _write_checkpoint_state(folder, chosen, kept)
+            self.manager = self._manager()
 
     def put_back_metrics(self) -> None:
         """Sets the running metrics to their restored values (fit() resets them when an epoch begins)."""
@@ -283,9 +511,25 @@ class TrainingCheckpoints:
             variable.assign(value)
 
     def save(self, position: Position) -> str:
-        """Saves the current state as reached at `position`; durable once this returns."""
+        """Saves the current state as reached at `position`; durable once this returns. Refuses a
+        non-finite state (Diverged) and reports a failed write as a StorageError."""
+        non_finite = self.non_finite_variables()
+        if non_finite:
+            when = (f"at epoch {position.epoch + 1}, batch {position.step}" if position.step
+                    else f"by the end of epoch {position.epoch}")
+            raise Diverged(f"the weights became non-finite {when} ({len(non_finite)} variables, e.g. "
+                           f"{non_finite[0]}); that state was not saved, the latest checkpoint is the last "
+                           f"finite one")
         self.epoch.assign(position.epoch)
         self.step.assign(position.step)
         options = tf.train.CheckpointOptions(experimental_write_callbacks=[sync_checkpoint])
-        return self.manager.save(checkpoint_number=position.epoch * self.steps_per_epoch + position.step,
-                                 options=options)
+        try:
+            return self.manager.save(checkpoint_number=position.epoch * self.steps_per_epoch + position.step,
+                                     options=options)
+        except tf.errors.OpError as error:
+            raise StorageError(f"cannot write a checkpoint in {checkpoints_dir(self.workdir)} "
+                               f"({_reason(error)}); {WRITE_ADVICE}") from None
+
+
+def _number(prefix: str) -> int:
+    return int(prefix.rsplit("-", 1)[1])

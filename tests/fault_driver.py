@@ -10,9 +10,13 @@ SIGNAL (KILL or TERM) is sent the COUNT-th time the run reaches POINT:
     checkpoint  a checkpoint's files written, not yet recorded; they are first cut to half
                 their size, as a kill in the middle of writing them would leave them
     none        never
+Or, instead of a signal (SIGNAL is then ignored), the COUNT-th time:
+    nospace     a workdir file is written (workdir.atomic_write_bytes): OSError ENOSPC, a full disk
+    denied      a checkpoint is written: TensorFlow's PermissionDeniedError, an unwritable checkpoints/
 The library is patched from here, so that it carries no test hooks.
 """
 
+import errno
 import glob
 import os
 import runpy
@@ -86,6 +90,21 @@ def patch(point: str, trigger: Trigger) -> None:
             sync(prefix)
 
         workdir.sync_checkpoint = damaged
+    elif point == "nospace":
+        write = workdir.atomic_write_bytes
+
+        def full(path, payload):
+            trigger.seen += 1
+            if trigger.seen == trigger.count:
+                raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC), path)
+            write(path, payload)
+
+        workdir.atomic_write_bytes = full
+    elif point == "denied":
+        def denied(prefix):
+            raise tf.errors.PermissionDeniedError(None, None, f"{prefix}.index: Permission denied")
+
+        workdir.sync_checkpoint = denied
 
 
 def main() -> None:

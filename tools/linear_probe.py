@@ -109,9 +109,6 @@ def settings_from_flags():
 
 def load_backbone():
     """The network to probe and a line describing where it came from."""
-    import keras_dc  # noqa: F401  (selects the TensorFlow backend)
-    import keras
-
     from keras_dc import backbones
 
     if FLAGS.random_init:
@@ -128,9 +125,9 @@ def load_backbone():
     if FLAGS.backbone:
         if not os.path.isfile(FLAGS.backbone):
             raise ConfigError("backbone", f"{FLAGS.backbone} does not exist")
-        return keras.models.load_model(FLAGS.backbone), FLAGS.backbone
+        return workdir.load_backbone(FLAGS.backbone), FLAGS.backbone
     path = workdir.existing_backbone(FLAGS.workdir)
-    return keras.models.load_model(path), path
+    return workdir.load_backbone(path), path
 
 
 def workdir_config():
@@ -228,6 +225,9 @@ def main(argv: list[str]) -> None:
     except ConfigError as error:
         print(f"error: {error}", file=sys.stderr)
         sys.exit(2)
+    except OSError as error:  # a damaged backbone.keras or assignments file, a failed write
+        print(f"error: {error}", file=sys.stderr)
+        sys.exit(3)
     print_report(report)
     if "per_layer_baseline" in report:
         print(f"one run per layer: {report['per_layer_baseline']['timing']['total_s']:.1f} s, "

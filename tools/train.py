@@ -4,8 +4,9 @@
 
 Rerunning the same command resumes from the workdir's last checkpoint: after a
 kill, from the last completed epoch; after SIGTERM (pre-emption), from the batch
-where it stopped. Exit status: 0 done, 1 bad flag syntax or diverged loss,
-2 bad setting, 143 pre-empted (checkpoint saved).
+where it stopped. Exit status: 0 done, 1 diverged (non-finite loss or weights) or bad
+flag syntax, 2 bad setting, 3 workdir or disk problem (a write failed, no intact
+checkpoint), 143 pre-empted (checkpoint saved).
 """
 
 from __future__ import annotations
@@ -19,6 +20,9 @@ from keras_dc import cli
 from keras_dc.config import Config, ConfigError
 
 FLAGS = flags.FLAGS
+EXIT_DIVERGED = 1
+EXIT_BAD_SETTING = 2
+EXIT_STORAGE = 3  # the workdir or its disk: a write failed (full, not permitted) or nothing reads back whole
 EXIT_PREEMPTED = 128 + 15  # as if killed by SIGTERM, so schedulers see a pre-empted job
 
 HELP = {
@@ -96,24 +100,28 @@ def main(argv: list[str]) -> None:
     logging.set_verbosity(logging.WARNING)
     from keras_dc import train
 
-    from keras_dc.callbacks import NonFiniteLoss
     from keras_dc.preemption import Preempted
+    from keras_dc.workdir import WRITE_ADVICE, Diverged, StorageError
 
     config = config_from_flags()
     if FLAGS.dry_run:
         try:
             dry_run(config)
         except ConfigError as error:
-            stop(f"error: {error}", 2)
+            stop(f"error: {error}", EXIT_BAD_SETTING)
         return
     try:
         strategy = train.check_settings(config)
         source = train.prepare_data(config)
         result = train.train(config, source, strategy=strategy)
     except ConfigError as error:
-        stop(f"error: {error}", 2)
-    except NonFiniteLoss as error:
-        stop(f"error: {error} in {config.workdir}", 1)
+        stop(f"error: {error}", EXIT_BAD_SETTING)
+    except Diverged as error:
+        stop(f"error: {error} in {config.workdir}; rerun with a lower --lr to resume from it", EXIT_DIVERGED)
+    except StorageError as error:
+        stop(f"error: {error}", EXIT_STORAGE)
+    except OSError as error:
+        stop(f"error: {error}; {WRITE_ADVICE}", EXIT_STORAGE)
     except Preempted as error:
         stop(str(error), EXIT_PREEMPTED)
     print_summary(result)

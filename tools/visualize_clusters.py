@@ -63,6 +63,9 @@ def main(argv: list[str]) -> None:
     except ConfigError as error:
         print(f"error: {error}", file=sys.stderr)
         sys.exit(2)
+    except OSError as error:  # a damaged backbone.keras or assignments file
+        print(f"error: {error}", file=sys.stderr)
+        sys.exit(3)
     print(f"clusters of cycle {summary['cycle']}")
     for how, entry in summary["grids"].items():
         rows = ", ".join(f"{cluster} ({size})" for cluster, size in zip(entry["clusters"], entry["sizes"]))

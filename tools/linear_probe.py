@@ -11,7 +11,6 @@ The backbone comes from a trained --workdir, an exported --backbone (.keras) or
 from __future__ import annotations
 
 import dataclasses
-import os
 import sys
 
 from absl import app, flags, logging
@@ -28,7 +27,7 @@ def define_flags() -> None:
     flags.DEFINE_string("workdir", "", "A training workdir: probes its backbone.keras on its data by default.")
     flags.DEFINE_string("backbone", "", "An exported backbone (.keras), instead of --workdir.")
     flags.DEFINE_bool("random_init", False, "Probe a randomly initialised --arch (the baseline).")
-    flags.DEFINE_string("arch", "small", "Backbone of --random_init: small, alexnet or vgg16_bn.")
+    flags.DEFINE_string("arch", "small", "Backbone of --random_init: small, alexnet, vgg16_bn or resnet50.")
     flags.DEFINE_integer("image_size", 32, "Input side of --random_init.")
     flags.DEFINE_bool("sobel", False, "Grey + Sobel input layers for --random_init.")
     flags.DEFINE_string("train_data", "", "Labelled probe training set (syntax of train.py's --data); "
@@ -70,9 +69,9 @@ def settings_from_flags():
         for flag, value in REFERENCE_DEFAULTS.items():
             if not FLAGS[flag].present:
                 FLAGS[flag].value = value
-    sources = [bool(FLAGS.workdir), bool(FLAGS.backbone), FLAGS.random_init]
-    if sum(sources) != 1:
-        raise ConfigError("workdir", "give exactly one of --workdir, --backbone and --random_init")
+    from keras_dc.tool_inputs import check_one_backbone
+
+    check_one_backbone(FLAGS.workdir, FLAGS.backbone, FLAGS.random_init)
     try:
         lrs = tuple(float(lr) for lr in FLAGS.lrs)
     except ValueError:
@@ -106,32 +105,6 @@ def settings_from_flags():
                               kmeans_pca_dim=FLAGS.kmeans_pca_dim, probe=probe)
 
 
-def load_backbone():
-    """The network to probe and a line describing where it came from."""
-    import keras_dc.layers  # noqa: F401  (registers the custom layers for loading)
-    import keras
-
-    from keras_dc import backbones
-
-    if FLAGS.random_init:
-        try:
-            backbones.validate_architecture(FLAGS.arch, FLAGS.image_size)
-        except ValueError as error:
-            flag = "arch" if FLAGS.arch not in backbones.ARCHITECTURES else "image_size"
-            raise ConfigError(flag, str(error)) from None
-        model = backbones.build_backbone(FLAGS.arch, FLAGS.image_size, sobel=FLAGS.sobel, seed=FLAGS.seed)
-        return model, (f"random init {FLAGS.arch} (image_size {FLAGS.image_size}, sobel {FLAGS.sobel}, "
-                       f"seed {FLAGS.seed})")
-    from keras_dc import workdir
-
-    if FLAGS.backbone:
-        if not os.path.isfile(FLAGS.backbone):
-            raise ConfigError("backbone", f"{FLAGS.backbone} does not exist")
-        return keras.models.load_model(FLAGS.backbone), FLAGS.backbone
-    path = workdir.existing_backbone(FLAGS.workdir)
-    return keras.models.load_model(path), path
-
-
 def workdir_config():
     """The Config the workdir was trained with, or None without --workdir."""
     from keras_dc import workdir
@@ -141,17 +114,9 @@ def workdir_config():
 
 def load_labelled(flag: str, spec: str, image_size: int, trained):
     """Loads a labelled data set; the workdir's own data spec is read with the workdir's settings."""
-    from keras_dc.config import errors_as_flags
-    from keras_dc.sources import DataDirError, SourceError, load_source
+    from keras_dc.tool_inputs import load_labelled as load
 
-    same = trained is not None and spec == trained.data
-    data_dir, size, seed = ((trained.tfds_data_dir, trained.synthetic_size, trained.seed) if same
-                            else (FLAGS.tfds_data_dir, FLAGS.synthetic_size, FLAGS.seed))
-    with errors_as_flags({DataDirError: "tfds_data_dir", SourceError: flag}):
-        source = load_source(spec, image_size, data_dir, size, seed)
-    if source.labels is None:
-        raise ConfigError(flag, f"{source.description} has no labels; the probe needs labelled images")
-    return source
+    return load(flag, spec, image_size, trained, FLAGS.tfds_data_dir, FLAGS.synthetic_size, FLAGS.seed)
 
 
 def model_clusters(trained, train_spec: str, num_images: int):
@@ -186,12 +151,13 @@ def print_report(report: dict) -> None:
 def run() -> dict:
     """Loads the backbone and data the flags name, evaluates, and adds the settings to the report."""
     settings = settings_from_flags()
-    from keras_dc import backbones, probe, workdir
+    from keras_dc import backbones, probe, tool_inputs, workdir
     from keras_dc.config import errors_as_flags
 
     with errors_as_flags({workdir.WorkdirError: "workdir"}):
         trained = workdir_config()
-        backbone, description = load_backbone()
+    backbone, description = tool_inputs.load_backbone(FLAGS.workdir, FLAGS.backbone, FLAGS.random_init,
+                                                      FLAGS.arch, FLAGS.image_size, FLAGS.sobel, FLAGS.seed)
     image_size = backbone.input_shape[1]
     train_spec = FLAGS.train_data or (trained.data if trained else "")
     if not train_spec:

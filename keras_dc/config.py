@@ -10,7 +10,9 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import os
-from collections.abc import Iterator
+import sys
+from collections.abc import Callable, Iterator
+from typing import TypeVar
 
 from keras_dc import hierarchy
 
@@ -26,6 +28,9 @@ VERBOSITIES = (0, 1, 2)
 # in batches): a workdir written with other values cannot be resumed.
 RESUME_KEYS = ("data", "arch", "image_size", "k", "super_clusters", "rotation", "sobel", "seed",
                "reassign_every", "batch_size")
+
+
+T = TypeVar("T")
 
 
 class ConfigError(ValueError):
@@ -45,6 +50,15 @@ def errors_as_flags(flags: dict[type[Exception], str]) -> Iterator[None]:
     except tuple(flags) as error:
         flag = next(flag for kind, flag in flags.items() if isinstance(error, kind))
         raise ConfigError(flag, str(error)) from None
+
+
+def result_or_exit(run: Callable[[], T]) -> T:
+    """`run()`; a ConfigError instead becomes its one line on stderr and exit status 2 (how the tools stop)."""
+    try:
+        return run()
+    except ConfigError as error:
+        print(f"error: {error}", file=sys.stderr)
+        sys.exit(2)
 
 
 @dataclasses.dataclass

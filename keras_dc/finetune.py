@@ -1,6 +1,7 @@
 """Supervised fine-tuning of a backbone on labelled images (docs/evaluation.md, "Fine-tuning").
 
-The classifier is the backbone, the same ReLU the training heads see, and one Dense layer. `freeze`
+The classifier is the backbone, the same ReLU the training heads see, a batch norm without scale or
+offset (standardised features), and one Dense layer. `freeze`
 says which of the backbone's layers keep their weights: "all" (a linear classifier on the frozen
 body, run in inference mode), "none" (everything trains), or a layer name: that layer and every
 layer before it in the backbone are frozen (their batch norms use their moving statistics). Training
@@ -22,6 +23,10 @@ from keras_dc import data, optimizer as optimizer_lib
 from keras_dc.sources import ImageSource
 
 FREEZE_ALL, FREEZE_NONE = "all", "none"
+_BN_MOMENTUM = 0.9
+# Far below the variance of any useful feature (a random small net's fc7: about 1e-4; Keras's default
+# epsilon, 1e-3, would leave such features unscaled).
+_BN_EPSILON = 1e-6
 
 
 class FreezeError(ValueError):
@@ -79,10 +84,14 @@ def freeze_layers(backbone: keras.Model, freeze: str) -> list[str]:
 
 
 def classifier(backbone: keras.Model, num_classes: int, freeze: str, seed: int) -> keras.Model:
-    """backbone -> ReLU -> Dense(num_classes) logits; a fully frozen backbone is called in inference mode."""
+    """backbone -> ReLU -> BN -> Dense(num_classes) logits; a fully frozen backbone runs in inference mode."""
     image = keras.Input(backbone.input_shape[1:], name="image")
     features = backbone(image, training=False) if freeze == FREEZE_ALL else backbone(image)
     features = keras.layers.ReLU(name="feature_relu")(features)
+    # Standardised features (no affine part, as MAE's linear probing): the learning rate then does not
+    # depend on the scale of a backbone's features, which differs by orders between trained and random.
+    features = keras.layers.BatchNormalization(center=False, scale=False, momentum=_BN_MOMENTUM,
+                                               epsilon=_BN_EPSILON, name="feature_norm")(features)
     logits = keras.layers.Dense(num_classes, dtype="float32", name="classifier",
                                 kernel_initializer=keras.initializers.VarianceScaling(  # torch's nn.Linear
                                     1.0 / 3.0, "fan_in", "uniform", seed=seed))(features)

@@ -39,7 +39,8 @@ def read_checkpoint(path: str) -> dict[str, np.ndarray]:
     try:
         checkpoint = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as error:  # torch raises pickle, zip and runtime errors alike
-        raise ReferenceWeightsError(f"{path} is not a readable PyTorch checkpoint ({error})") from None
+        raise ReferenceWeightsError(f"{path} is not a PyTorch checkpoint of tensors and plain containers "
+                                    f"(torch.load(weights_only=True) failed: {type(error).__name__})") from None
     state = checkpoint.get("state_dict", checkpoint) if isinstance(checkpoint, dict) else None
     if not isinstance(state, dict) or not all(isinstance(value, torch.Tensor) for value in state.values()):
         raise ReferenceWeightsError(f"{path} holds no state dict of tensors")

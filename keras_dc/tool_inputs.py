@@ -8,6 +8,23 @@ import os
 from keras_dc.config import Config, ConfigError, errors_as_flags
 
 
+def define_flags(flags, verb: str) -> None:
+    """Declares the flags that choose the backbone and the labelled data, the same in every evaluation
+    tool; `flags` is absl.flags, `verb` what the tool does to the backbone ("probes", "fine-tunes")."""
+    flags.DEFINE_string("workdir", "", f"A training workdir: {verb} its backbone.keras on its data by default.")
+    flags.DEFINE_string("backbone", "", "An exported backbone (.keras), instead of --workdir.")
+    flags.DEFINE_bool("random_init", False, "Use a randomly initialised --arch (the baseline).")
+    flags.DEFINE_string("arch", "small", "Backbone of --random_init: small, alexnet, vgg16_bn or resnet50.")
+    flags.DEFINE_integer("image_size", 32, "Input side of --random_init.")
+    flags.DEFINE_bool("sobel", False, "Grey + Sobel input layers for --random_init.")
+    flags.DEFINE_string("train_data", "", "Labelled training set (syntax of train.py's --data); "
+                        "default: the workdir's training data.")
+    flags.DEFINE_string("val_data", "", "Labelled validation set; default: hold out --val_fraction of --train_data.")
+    flags.DEFINE_float("val_fraction", 0.2, "Stratified held-out fraction when there is no --val_data.")
+    flags.DEFINE_string("tfds_data_dir", "", "Folder where TFDS data sets were prepared.")
+    flags.DEFINE_integer("synthetic_size", 512, "Images of --train_data/--val_data=synthetic.")
+
+
 def check_one_backbone(workdir: str, backbone: str, random_init: bool) -> None:
     """Exactly one of --workdir, --backbone and --random_init says where the network comes from."""
     if sum([bool(workdir), bool(backbone), random_init]) != 1:

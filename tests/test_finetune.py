@@ -48,6 +48,18 @@ def test_freeze_keeps_the_named_layer_and_those_before_it_and_fixed_sobel_fixed(
     assert ("block2_pool" in report["frozen_layers"]) == (freeze != "none")
 
 
+def test_the_classifier_learns_the_same_whatever_the_scale_of_the_features(split):
+    """Trained and random bodies' features differ in scale by orders; one learning rate must fit both."""
+    histories = []
+    for scale in (1.0, 1000.0):  # a random small net's features have a variance of about 1e-4
+        backbone = backbones.build_backbone("small", 16, seed=0)
+        fc7 = backbone.get_layer("fc7")
+        fc7.set_weights([weight * scale for weight in fc7.get_weights()])
+        settings = finetune.FinetuneSettings(epochs=2, batch_size=16, lr=0.05, freeze="all", min_crop_scale=0.5)
+        histories.append(finetune.finetune(backbone, split, settings, tf.distribute.get_strategy())["history"])
+    np.testing.assert_allclose(histories[0]["loss"], histories[1]["loss"], rtol=1e-2)
+
+
 def test_an_unknown_layer_to_freeze_is_refused():
     backbone = backbones.build_backbone("small", 16)
     with pytest.raises(finetune.FreezeError, match="no layer 'block9_pool'"):

@@ -156,3 +156,20 @@ def test_unused_weights_and_wrong_shapes_are_refused(tmp_path):
     wrong = {**state, "features.4.weight": np.zeros(5, np.float32)}
     with pytest.raises(reference_weights.ReferenceWeightsError, match="block1_bn2"):
         reference_weights.convert(wrong)
+
+
+@pytest.mark.parametrize("args, flag", [(["--checkpoint=missing.pth", "--output_dir=x"], "--checkpoint"),
+                                        (["--checkpoint=" + TOOL], "--output_dir")])
+def test_tool_rejects_a_bad_flag_with_one_line(args, flag):
+    result = subprocess.run([sys.executable, TOOL, *args], capture_output=True, text=True, timeout=300)
+    assert result.returncode == 2
+    assert result.stderr.strip().count("\n") == 0 and result.stderr.startswith(f"error: {flag}:")
+
+
+def test_tool_names_the_checkpoint_when_it_is_not_one(tmp_path):
+    (tmp_path / "notes.pth").write_text("not a checkpoint")
+    result = subprocess.run([sys.executable, TOOL, f"--checkpoint={tmp_path / 'notes.pth'}",
+                             f"--output_dir={tmp_path / 'out'}"], capture_output=True, text=True, timeout=300)
+    assert result.returncode == 2 and "Traceback" not in result.stderr
+    assert result.stderr.strip().splitlines()[-1].startswith("error: --checkpoint:")
+    assert not (tmp_path / "out").exists()

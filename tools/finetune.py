@@ -13,29 +13,18 @@ from __future__ import annotations
 
 import dataclasses
 import os
-import sys
 
 from absl import app, flags, logging
 
-from keras_dc.config import ConfigError, STRATEGIES
+from keras_dc import tool_inputs
+from keras_dc.config import STRATEGIES, ConfigError, result_or_exit
 
 FLAGS = flags.FLAGS
 
 
 def define_flags() -> None:
     """Declares the tool's flags; only __main__ calls this."""
-    flags.DEFINE_string("workdir", "", "A training workdir: fine-tunes its backbone.keras on its data by default.")
-    flags.DEFINE_string("backbone", "", "An exported backbone (.keras), instead of --workdir.")
-    flags.DEFINE_bool("random_init", False, "Fine-tune a randomly initialised --arch (the baseline).")
-    flags.DEFINE_string("arch", "small", "Backbone of --random_init: small, alexnet, vgg16_bn or resnet50.")
-    flags.DEFINE_integer("image_size", 32, "Input side of --random_init.")
-    flags.DEFINE_bool("sobel", False, "Grey + Sobel input layers for --random_init.")
-    flags.DEFINE_string("train_data", "", "Labelled training set (syntax of train.py's --data); "
-                        "default: the workdir's training data.")
-    flags.DEFINE_string("val_data", "", "Labelled validation set; default: hold out --val_fraction of --train_data.")
-    flags.DEFINE_float("val_fraction", 0.2, "Stratified held-out fraction when there is no --val_data.")
-    flags.DEFINE_string("tfds_data_dir", "", "Folder where TFDS data sets were prepared.")
-    flags.DEFINE_integer("synthetic_size", 512, "Images of --train_data/--val_data=synthetic.")
+    tool_inputs.define_flags(flags, "fine-tunes")
     flags.DEFINE_string("freeze", "none", "all: train only the classifier on the frozen body; none: train "
                         "everything; a layer name: that layer and those before it keep their weights.")
     flags.DEFINE_integer("epochs", 30, "Training epochs.")
@@ -54,9 +43,7 @@ def define_flags() -> None:
 
 def settings_from_flags():
     """The fine-tuning settings the flags describe; raises ConfigError naming a wrong flag (before TF loads)."""
-    from keras_dc.tool_inputs import check_one_backbone
-
-    check_one_backbone(FLAGS.workdir, FLAGS.backbone, FLAGS.random_init)
+    tool_inputs.check_one_backbone(FLAGS.workdir, FLAGS.backbone, FLAGS.random_init)
     for flag in ("epochs", "batch_size", "image_size", "lr"):
         if FLAGS[flag].value <= 0:
             raise ConfigError(flag, f"must be positive, got {FLAGS[flag].value}")
@@ -80,7 +67,7 @@ def data_split(image_size: int, trained):
     """The training and validation images the flags name (a stratified hold-out without --val_data)."""
     import numpy as np
 
-    from keras_dc import finetune, probe, tool_inputs
+    from keras_dc import finetune, probe
 
     def labelled(flag, spec):
         return tool_inputs.load_labelled(flag, spec, image_size, trained, FLAGS.tfds_data_dir,
@@ -100,7 +87,7 @@ def data_split(image_size: int, trained):
 def run() -> dict:
     """Loads the backbone and data the flags name, fine-tunes, and adds the settings to the report."""
     settings = settings_from_flags()
-    from keras_dc import distribute, finetune, tool_inputs, workdir
+    from keras_dc import distribute, finetune, workdir
     from keras_dc.config import errors_as_flags
 
     with errors_as_flags({workdir.WorkdirError: "workdir"}):
@@ -128,11 +115,7 @@ def main(argv: list[str]) -> None:
     if len(argv) > 1:
         raise app.UsageError(f"unexpected arguments: {' '.join(argv[1:])}")
     logging.set_verbosity(logging.WARNING)
-    try:
-        report = run()
-    except ConfigError as error:
-        print(f"error: {error}", file=sys.stderr)
-        sys.exit(2)
+    report = result_or_exit(run)
     print(f"fine-tuned {report['epochs']} epochs, freeze={FLAGS.freeze} ({len(report['frozen_layers'])} layers "
           f"frozen): validation top-1 {100 * report['top1']:.2f}%, top-5 {100 * report['top5']:.2f}% "
           f"on {report['images']['val']} images")

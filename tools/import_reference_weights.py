@@ -11,11 +11,10 @@ with --sobel) its grey + Sobel layers. Needs torch (CPU is enough); the released
 from __future__ import annotations
 
 import os
-import sys
 
 from absl import app, flags, logging
 
-from keras_dc.config import ConfigError
+from keras_dc.config import ConfigError, result_or_exit
 
 FLAGS = flags.FLAGS
 
@@ -57,11 +56,7 @@ def main(argv: list[str]) -> None:
     if len(argv) > 1:
         raise app.UsageError(f"unexpected arguments: {' '.join(argv[1:])}")
     logging.set_verbosity(logging.WARNING)
-    try:
-        path = run()
-    except ConfigError as error:
-        print(f"error: {error}", file=sys.stderr)
-        sys.exit(2)
+    path = result_or_exit(run)
     print(f"backbone: {path}")
 
 

@@ -11,11 +11,11 @@ The backbone comes from a trained --workdir, an exported --backbone (.keras) or
 from __future__ import annotations
 
 import dataclasses
-import sys
 
 from absl import app, flags, logging
 
-from keras_dc.config import ConfigError
+from keras_dc import tool_inputs
+from keras_dc.config import ConfigError, result_or_exit
 
 FLAGS = flags.FLAGS
 # The reference's eval_linear.py settings, taken by --protocol=reference unless a flag overrides them.
@@ -24,18 +24,7 @@ REFERENCE_DEFAULTS = {"lrs": ["0.05"], "epochs": 100, "batch_size": 64, "weight_
 
 def define_flags() -> None:
     """Declares the tool's flags; only __main__ calls this."""
-    flags.DEFINE_string("workdir", "", "A training workdir: probes its backbone.keras on its data by default.")
-    flags.DEFINE_string("backbone", "", "An exported backbone (.keras), instead of --workdir.")
-    flags.DEFINE_bool("random_init", False, "Probe a randomly initialised --arch (the baseline).")
-    flags.DEFINE_string("arch", "small", "Backbone of --random_init: small, alexnet, vgg16_bn or resnet50.")
-    flags.DEFINE_integer("image_size", 32, "Input side of --random_init.")
-    flags.DEFINE_bool("sobel", False, "Grey + Sobel input layers for --random_init.")
-    flags.DEFINE_string("train_data", "", "Labelled probe training set (syntax of train.py's --data); "
-                        "default: the workdir's training data.")
-    flags.DEFINE_string("val_data", "", "Labelled validation set; default: hold out --val_fraction of --train_data.")
-    flags.DEFINE_float("val_fraction", 0.2, "Stratified held-out fraction when there is no --val_data.")
-    flags.DEFINE_string("tfds_data_dir", "", "Folder where TFDS data sets were prepared.")
-    flags.DEFINE_integer("synthetic_size", 512, "Images of --train_data/--val_data=synthetic.")
+    tool_inputs.define_flags(flags, "probes")
     flags.DEFINE_string("layers", "block_last", "Probe the last conv of each block (block_last), or all.")
     flags.DEFINE_integer("max_dim", 10000, "Average-pool each layer until it has at most this many values.")
     flags.DEFINE_list("lrs", ["1", "0.1", "0.01"], "Candidate SGD learning rates (several need --kfold).")
@@ -69,9 +58,7 @@ def settings_from_flags():
         for flag, value in REFERENCE_DEFAULTS.items():
             if not FLAGS[flag].present:
                 FLAGS[flag].value = value
-    from keras_dc.tool_inputs import check_one_backbone
-
-    check_one_backbone(FLAGS.workdir, FLAGS.backbone, FLAGS.random_init)
+    tool_inputs.check_one_backbone(FLAGS.workdir, FLAGS.backbone, FLAGS.random_init)
     try:
         lrs = tuple(float(lr) for lr in FLAGS.lrs)
     except ValueError:
@@ -114,9 +101,8 @@ def workdir_config():
 
 def load_labelled(flag: str, spec: str, image_size: int, trained):
     """Loads a labelled data set; the workdir's own data spec is read with the workdir's settings."""
-    from keras_dc.tool_inputs import load_labelled as load
-
-    return load(flag, spec, image_size, trained, FLAGS.tfds_data_dir, FLAGS.synthetic_size, FLAGS.seed)
+    return tool_inputs.load_labelled(flag, spec, image_size, trained, FLAGS.tfds_data_dir, FLAGS.synthetic_size,
+                                     FLAGS.seed)
 
 
 def model_clusters(trained, train_spec: str, num_images: int):
@@ -151,7 +137,7 @@ def print_report(report: dict) -> None:
 def run() -> dict:
     """Loads the backbone and data the flags name, evaluates, and adds the settings to the report."""
     settings = settings_from_flags()
-    from keras_dc import backbones, probe, tool_inputs, workdir
+    from keras_dc import backbones, probe, workdir
     from keras_dc.config import errors_as_flags
 
     with errors_as_flags({workdir.WorkdirError: "workdir"}):
@@ -188,11 +174,7 @@ def main(argv: list[str]) -> None:
     if len(argv) > 1:
         raise app.UsageError(f"unexpected arguments: {' '.join(argv[1:])}")
     logging.set_verbosity(logging.WARNING)
-    try:
-        report = run()
-    except ConfigError as error:
-        print(f"error: {error}", file=sys.stderr)
-        sys.exit(2)
+    report = result_or_exit(run)
     print_report(report)
     if "per_layer_baseline" in report:
         print(f"one run per layer: {report['per_layer_baseline']['timing']['total_s']:.1f} s, "

@@ -10,11 +10,10 @@ Each --probes file is the --output JSON of tools/linear_probe.py, e.g. of a trai
 from __future__ import annotations
 
 import os
-import sys
 
 from absl import app, flags, logging
 
-from keras_dc.config import ConfigError
+from keras_dc.config import ConfigError, result_or_exit
 
 FLAGS = flags.FLAGS
 
@@ -56,11 +55,7 @@ def main(argv: list[str]) -> None:
     if len(argv) > 1:
         raise app.UsageError(f"unexpected arguments: {' '.join(argv[1:])}")
     logging.set_verbosity(logging.WARNING)
-    try:
-        path = run()
-    except ConfigError as error:
-        print(f"error: {error}", file=sys.stderr)
-        sys.exit(2)
+    path = result_or_exit(run)
     print(f"plot: {path}")
 
 

@@ -19,7 +19,7 @@ SMALL_UNITS = ["block1_conv1", "block1_bn1", "block2_conv1", "block2_bn1", "bloc
 
 def _weights(model):
     """Every variable (BN moving statistics included) of every layer that has some, by layer name."""
-    return {layer.name: [np.array(weight) for weight in layer.weights] for layer in model.layers if layer.weights}
+    return {layer.name: [weight.numpy().copy() for weight in layer.weights] for layer in model.layers if layer.weights}
 
 
 @pytest.fixture(scope="module")
@@ -30,7 +30,7 @@ def split():
 
 @pytest.mark.parametrize("freeze, changed", [
     ("all", []),
-    ("block2_pool", SMALL_UNITS[4:]),
+    ("block2_bn1", SMALL_UNITS[4:]),
     ("none", SMALL_UNITS),
 ])
 def test_freeze_keeps_the_named_layer_and_those_before_it_and_fixed_sobel_fixed(split, freeze, changed):
@@ -45,7 +45,7 @@ def test_freeze_keeps_the_named_layer_and_those_before_it_and_fixed_sobel_fixed(
     assert "grey" in before and "sobel" in before  # the fixed input layers never move
     assert 0.0 <= report["top1"] <= report["top5"] <= 1.0 and report["epochs"] == 1
     assert report["images"] == {"train": 48, "val": 16}
-    assert ("block2_pool" in report["frozen_layers"]) == (freeze != "none")
+    assert ("block1_conv1" in report["frozen_layers"]) == (freeze != "none")
 
 
 def test_the_classifier_learns_the_same_whatever_the_scale_of_the_features(split):
@@ -55,7 +55,7 @@ def test_the_classifier_learns_the_same_whatever_the_scale_of_the_features(split
         backbone = backbones.build_backbone("small", 16, seed=0)
         fc7 = backbone.get_layer("fc7")
         fc7.set_weights([weight * scale for weight in fc7.get_weights()])
-        settings = finetune.FinetuneSettings(epochs=2, batch_size=16, lr=0.05, freeze="all", min_crop_scale=0.5)
+        settings = finetune.FinetuneSettings(epochs=1, batch_size=16, lr=0.05, freeze="all", min_crop_scale=0.5)
         histories.append(finetune.finetune(backbone, split, settings, tf.distribute.get_strategy())["history"])
     np.testing.assert_allclose(histories[0]["loss"], histories[1]["loss"], rtol=1e-2)
 

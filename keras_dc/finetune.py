@@ -1,12 +1,12 @@
 """Supervised fine-tuning of a backbone on labelled images (docs/evaluation.md, "Fine-tuning").
 
 The classifier is the backbone, the same ReLU the training heads see, a batch norm without scale or
-offset (standardised features), and one Dense layer. `freeze`
-says which of the backbone's layers keep their weights: "all" (a linear classifier on the frozen
-body, run in inference mode), "none" (everything trains), or a layer name: that layer and every
-layer before it in the backbone are frozen (their batch norms use their moving statistics). Training
-views are the pre-training's augmentation (random resized crop, optional flip, no rotation) from the
-same pipeline; validation is the centre view. SGD is torch's (coupled decay) with a cosine schedule.
+offset (standardised features), and one Dense layer. `freeze` says which of the backbone's layers keep
+their weights: "all" (a linear classifier on the frozen body, run in inference mode), "none"
+(everything trains), or a layer name: that layer and every layer before it in the backbone are frozen
+(their batch norms use their moving statistics). Training views are the pre-training's augmentation
+(random resized crop, optional flip, no rotation) from the same pipeline; validation is the centre
+view. SGD is torch's (coupled decay) with a cosine schedule.
 """
 
 from __future__ import annotations
@@ -83,24 +83,33 @@ def freeze_layers(backbone: keras.Model, freeze: str) -> list[str]:
     return names[:last + 1]
 
 
-def classifier(backbone: keras.Model, num_classes: int, freeze: str, seed: int) -> keras.Model:
-    """backbone -> ReLU -> BN -> Dense(num_classes) logits; a fully frozen backbone runs in inference mode."""
-    image = keras.Input(backbone.input_shape[1:], name="image")
-    features = backbone(image, training=False) if freeze == FREEZE_ALL else backbone(image)
-    features = keras.layers.ReLU(name="feature_relu")(features)
-    # Standardised features (no affine part, as MAE's linear probing): the learning rate then does not
-    # depend on the scale of a backbone's features, which differs by orders between trained and random.
-    features = keras.layers.BatchNormalization(center=False, scale=False, momentum=_BN_MOMENTUM,
-                                               epsilon=_BN_EPSILON, name="feature_norm")(features)
-    logits = keras.layers.Dense(num_classes, dtype="float32", name="classifier",
-                                kernel_initializer=keras.initializers.VarianceScaling(  # torch's nn.Linear
-                                    1.0 / 3.0, "fan_in", "uniform", seed=seed))(features)
-    return keras.Model(image, logits, name="finetune")
+class Classifier(keras.Model):
+    """backbone -> ReLU -> BN (no scale, no offset) -> Dense(num_classes) logits.
+
+    With `frozen_body` the backbone always runs in inference mode (no dropout, BN moving statistics):
+    a functional `backbone(x, training=False)` would not do, Keras passes the outer `training` on.
+    """
+
+    def __init__(self, backbone: keras.Model, num_classes: int, frozen_body: bool, seed: int, **kwargs):
+        super().__init__(name="finetune", **kwargs)
+        self.backbone, self.frozen_body = backbone, frozen_body
+        self.relu = keras.layers.ReLU(name="feature_relu")
+        # Standardised features (as MAE's linear probing): the learning rate then does not depend on the
+        # scale of a backbone's features, which differs by orders between trained and random ones.
+        self.norm = keras.layers.BatchNormalization(center=False, scale=False, momentum=_BN_MOMENTUM,
+                                                    epsilon=_BN_EPSILON, name="feature_norm")
+        self.head = keras.layers.Dense(num_classes, dtype="float32", name="classifier",
+                                       kernel_initializer=keras.initializers.VarianceScaling(  # torch's nn.Linear
+                                           1.0 / 3.0, "fan_in", "uniform", seed=seed))
+
+    def call(self, images, training=False):
+        features = self.backbone(images, training=bool(training) and not self.frozen_body)
+        return self.head(self.norm(self.relu(features), training=training))
 
 
 def build(backbone: keras.Model, num_classes: int, steps: int, settings: FinetuneSettings) -> keras.Model:
     """Adds the classifier to the (frozen as wanted) backbone and compiles it (inside the strategy's scope)."""
-    model = classifier(backbone, num_classes, settings.freeze, settings.seed)
+    model = Classifier(backbone, num_classes, settings.freeze == FREEZE_ALL, settings.seed)
     schedule = keras.optimizers.schedules.CosineDecay(settings.lr, steps)
     model.compile(optimizer=optimizer_lib.SGD(schedule, momentum=settings.momentum,
                                               weight_decay=settings.weight_decay),

@@ -60,6 +60,15 @@ def test_the_classifier_learns_the_same_whatever_the_scale_of_the_features(split
     np.testing.assert_allclose(histories[0]["loss"], histories[1]["loss"], rtol=1e-2)
 
 
+@pytest.mark.parametrize("freeze, deterministic", [("all", True), ("none", False)])
+def test_a_frozen_body_runs_without_dropout_while_the_classifier_trains(freeze, deterministic):
+    backbone = backbones.build_backbone("small", 16, seed=0)
+    model = finetune.Classifier(backbone, 10, freeze == "all", seed=0)
+    images = np.random.default_rng(0).uniform(0, 255, (8, 16, 16, 3)).astype(np.float32)
+    first, second = (model(images, training=True).numpy() for _ in range(2))
+    assert np.allclose(first, second) == deterministic  # fc6's dropout draws a new mask each call
+
+
 def test_an_unknown_layer_to_freeze_is_refused():
     backbone = backbones.build_backbone("small", 16)
     with pytest.raises(finetune.FreezeError, match="no layer 'block9_pool'"):

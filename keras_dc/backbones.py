@@ -1,19 +1,24 @@
-"""Convnet bodies (small, AlexNet, VGG-16-BN) that map raw RGB images to features.
+"""Convnet bodies (small, AlexNet, VGG-16-BN, ResNet-50) that map raw RGB images to features.
 
 Every model takes float32 RGB in [0, 255] (input "image"), normalises it with
 ImageNet statistics, zero-pads it as the reference does, optionally applies grey +
 Sobel, and outputs fc7 before its ReLU: the feature DeeperCluster clusters
-(docs/method.md, "One cycle", step 1).
+(docs/method.md, "One cycle", step 1). ResNet-50 (Keras's own `keras.applications`
+layers, no weights) outputs its global-average-pooled 2048-d features instead.
 
 Naming (other tools rely on it): conv units are `block{b}_conv{c}`,
 `block{b}_bn{c}`, `block{b}_relu{c}`; `block{b}_pool` follows each block; the
 head is `flatten`, `fc6`, `fc6_relu`, `fc6_dropout`, `fc7`. AlexNet groups its
 five convs by pooling stage: block1_conv1, block2_conv1, block3_conv1..3.
+ResNet-50 keeps Keras's names: residual blocks end in `conv{stage}_block{b}_out`
+(stages 2..5), and the pooled features are `avg_pool`.
 
 Initialisation follows the reference: convs are He-normal with fan_out
 (normal(0, sqrt(2 / (k * k * out_channels))), not truncated) and zero bias;
 dense kernels use torch's default nn.Linear scheme (uniform, variance
 1 / (3 * fan_in)) with zero bias; BN uses torch's momentum (0.1) and epsilon.
+ResNet-50's convs and batch norms are set the same way (torchvision's ResNet uses
+the same He-normal fan_out init).
 """
 
 import re
@@ -26,10 +31,11 @@ from keras import layers
 
 from keras_dc.layers import normalized_input, padded_input
 
-ARCHITECTURES = ("small", "alexnet", "vgg16_bn")
-# Smallest input side for which every (floor-mode) pooling still has a window.
-MIN_IMAGE_SIZE = {"small": 6, "alexnet": 63, "vgg16_bn": 30}
-FEATURE_DIM = {"small": 256, "alexnet": 4096, "vgg16_bn": 4096}
+ARCHITECTURES = ("small", "alexnet", "vgg16_bn", "resnet50")
+# Smallest input side for which every (floor-mode) pooling still has a window
+# (ResNet-50: the smallest keras.applications accepts, 1x1 after the last stage).
+MIN_IMAGE_SIZE = {"small": 6, "alexnet": 63, "vgg16_bn": 30, "resnet50": 32}
+FEATURE_DIM = {"small": 256, "alexnet": 4096, "vgg16_bn": 4096, "resnet50": 2048}
 TAP_CHOICES = ("block_last", "all")
 
 # Conv widths per block; a 2x2 stride-2 max-pool follows each block.
@@ -42,11 +48,13 @@ _ALEXNET_BLOCKS = (((96, 11, 4),), ((256, 5, 1),), ((384, 3, 1), (384, 3, 1), (2
 _ALEXNET_CONV1_PADDING = 2
 # Zero padding of the (normalised) input before the body, one more pixel with Sobel: the
 # reference's VGG-16 pads by 1 (2 with Sobel); DeepCluster's AlexNet only pads for Sobel.
-_INPUT_PADDING = {"small": 1, "alexnet": 0, "vgg16_bn": 1}
+# ResNet-50 pads its own conv1 (Keras's conv1_pad), so only Sobel adds a pixel.
+_INPUT_PADDING = {"small": 1, "alexnet": 0, "vgg16_bn": 1, "resnet50": 0}
 _BN_MOMENTUM = 0.9  # keras convention; torch's momentum=0.1
 _BN_EPSILON = 1e-5
 _DROPOUT_RATE = 0.5
-_RELU_NAME = re.compile(r"^block(\d+)_relu(\d+)$")
+# Probe taps: (block, unit) from a VGG/AlexNet post-ReLU conv, or (stage, block) from a ResNet block's output.
+_TAP_NAMES = (re.compile(r"^block(\d+)_relu(\d+)$"), re.compile(r"^conv(\d+)_block(\d+)_out$"))
 
 
 class _SeedStream:
@@ -80,33 +88,37 @@ def build_backbone(
 ) -> keras.Model:
     """Build the functional feature extractor `arch` for square RGB images of side `image_size`.
 
-    The output is fc7 before its ReLU (float32); the same seed gives the same weights.
+    The output is fc7 before its ReLU (ResNet-50: the pooled features), float32; the same seed
+    gives the same weights.
     """
     validate_architecture(arch, image_size)
     seeds = _SeedStream(seed)
     inputs = keras.Input((image_size, image_size, 3), dtype="float32", name="image")
-    x = normalized_input(inputs)
-    x = padded_input(x, _INPUT_PADDING[arch], sobel)
-    if arch == "alexnet":
+    x = _input_stage(inputs, _INPUT_PADDING[arch], sobel)
+    if arch == "resnet50":
+        features = _resnet50_body(x, seeds, sync_batchnorm)
+    elif arch == "alexnet":
         x = _alexnet_body(x, seeds, sync_batchnorm)
+        features = _fc_head(x, FEATURE_DIM[arch], seeds, input_dropout=True)
     else:
         x = _vgg_body(x, _VGG_BLOCKS[arch], seeds, sync_batchnorm)
-    features = _fc_head(x, FEATURE_DIM[arch], seeds, input_dropout=arch == "alexnet")
+        features = _fc_head(x, FEATURE_DIM[arch], seeds, input_dropout=False)
     default_name = f"{arch}_sobel" if sobel else arch
     return keras.Model(inputs, features, name=name or default_name)
 
 
 def conv_tap_layers(model: keras.Model, which: str = "block_last") -> list[str]:
-    """Names of the post-ReLU conv layers of a backbone, in network order.
+    """Names of the post-ReLU conv layers (ResNet: residual block outputs) of a backbone, in network order.
 
-    `which="all"` lists every conv unit; `"block_last"` only the last one of each block.
+    `which="all"` lists every conv unit; `"block_last"` only the last one of each block (ResNet: stage).
     """
     if which not in TAP_CHOICES:
         raise ValueError(f"Unknown tap choice {which!r}; expected one of {TAP_CHOICES}.")
     taps = sorted(
         (int(match[1]), int(match[2]), layer.name)
         for layer in model.layers
-        if (match := _RELU_NAME.match(layer.name))
+        for pattern in _TAP_NAMES
+        if (match := pattern.match(layer.name))
     )
     if which == "all":
         return [layer_name for _, _, layer_name in taps]
@@ -114,17 +126,26 @@ def conv_tap_layers(model: keras.Model, which: str = "block_last") -> list[str]:
     return list(last_of_block.values())
 
 
-def _conv_unit(x, filters, kernel_size, strides, padding, block, conv, seeds, sync_batchnorm):
-    """Conv2D -> BatchNormalization -> ReLU, named block{block}_{conv,bn,relu}{conv}."""
-    init = keras.initializers.VarianceScaling(
+def _input_stage(inputs, arch_padding: int, sobel: bool):
+    """The ImageNet normalisation, then the reference's padding and optional grey + Sobel."""
+    return padded_input(normalized_input(inputs), arch_padding, sobel)
+
+
+def _he_normal(seeds):
+    """The reference's conv init: normal(0, sqrt(2 / (k * k * out_channels))), not truncated."""
+    return keras.initializers.VarianceScaling(
         scale=2.0, mode="fan_out", distribution="untruncated_normal", seed=seeds()
     )
+
+
+def _conv_unit(x, filters, kernel_size, strides, padding, block, conv, seeds, sync_batchnorm):
+    """Conv2D -> BatchNormalization -> ReLU, named block{block}_{conv,bn,relu}{conv}."""
     x = layers.Conv2D(
         filters,
         kernel_size,
         strides=strides,
         padding=padding,
-        kernel_initializer=init,
+        kernel_initializer=_he_normal(seeds),
         bias_initializer="zeros",
         name=f"block{block}_conv{conv}",
     )(x)
@@ -155,6 +176,22 @@ def _alexnet_body(x, seeds, sync_batchnorm):
             x = _conv_unit(x, filters, kernel, strides, padding, block, conv, seeds, sync_batchnorm)
         x = layers.MaxPooling2D(3, strides=2, name=f"block{block}_pool")(x)
     return x
+
+
+def _resnet50_body(x, seeds, sync_batchnorm):
+    """Keras's ResNet-50 layers (no weights) on `x`, global-average-pooled, with this module's init and BN.
+
+    Built on the input stage's tensor, so its layers (and probe taps) are the backbone's own, not a
+    nested model's.
+    """
+    body = keras.applications.ResNet50(include_top=False, weights=None, input_tensor=x, pooling="avg")
+    for layer in body.layers:
+        if isinstance(layer, layers.Conv2D) and layer.name not in ("grey", "sobel"):
+            layer.kernel.assign(_he_normal(seeds)(layer.kernel.shape))
+            layer.bias.assign(np.zeros(layer.bias.shape, np.float32))
+        elif isinstance(layer, layers.BatchNormalization):
+            layer.momentum, layer.epsilon, layer.synchronized = _BN_MOMENTUM, _BN_EPSILON, sync_batchnorm
+    return layers.Activation("linear", dtype="float32", name="pooled_features")(body.output)
 
 
 def _fc_head(x, units, seeds, input_dropout):

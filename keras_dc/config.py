@@ -11,7 +11,9 @@ import contextlib
 import dataclasses
 import math
 import os
-from collections.abc import Iterator
+import sys
+from collections.abc import Callable, Iterator
+from typing import TypeVar
 
 from keras_dc import hierarchy
 
@@ -32,6 +34,9 @@ NOT_SETTINGS = ("workdir",)
 MAX_SEED = 2**32 - 1  # numpy's and Keras' global seeds are 32-bit
 
 
+T = TypeVar("T")
+
+
 class ConfigError(ValueError):
     """A user setting is wrong; `flag` names the command-line flag to fix."""
 
@@ -49,6 +54,19 @@ def errors_as_flags(flags: dict[type[Exception], str]) -> Iterator[None]:
     except tuple(flags) as error:
         flag = next(flag for kind, flag in flags.items() if isinstance(error, kind))
         raise ConfigError(flag, str(error)) from None
+
+
+def result_or_exit(run: Callable[[], T]) -> T:
+    """`run()`; a ConfigError instead becomes its one line on stderr and exit status 2, an OSError (a
+    damaged or unwritable file) exit status 3: how the tools stop."""
+    try:
+        return run()
+    except ConfigError as error:
+        print(f"error: {error}", file=sys.stderr)
+        sys.exit(2)
+    except OSError as error:
+        print(f"error: {error}", file=sys.stderr)
+        sys.exit(3)
 
 
 @dataclasses.dataclass

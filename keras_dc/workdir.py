@@ -337,7 +337,6 @@ def save_backbone(workdir: str, backbone, description: dict) -> str:
 
 def load_backbone(path: str):
     """The saved feature extractor; a StorageError naming the file when it does not load (damaged)."""
-    import keras_dc.layers  # noqa: F401  (registers the custom layers for loading)
     import keras
 
     try:

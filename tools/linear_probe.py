@@ -11,13 +11,11 @@ The backbone comes from a trained --workdir, an exported --backbone (.keras) or
 from __future__ import annotations
 
 import dataclasses
-import os
-import sys
 
 from absl import app, flags, logging
 
-from keras_dc import cli
-from keras_dc.config import ConfigError
+from keras_dc import cli, tool_inputs
+from keras_dc.config import ConfigError, result_or_exit
 
 FLAGS = flags.FLAGS
 # The reference's eval_linear.py settings, taken by --protocol=reference unless a flag overrides them.
@@ -26,18 +24,7 @@ REFERENCE_DEFAULTS = {"lrs": ["0.05"], "epochs": 100, "batch_size": 64, "weight_
 
 def define_flags() -> None:
     """Declares the tool's flags; only __main__ calls this."""
-    flags.DEFINE_string("workdir", "", "A training workdir: probes its backbone.keras on its data by default.")
-    flags.DEFINE_string("backbone", "", "An exported backbone (.keras), instead of --workdir.")
-    flags.DEFINE_bool("random_init", False, "Probe a randomly initialised --arch (the baseline).")
-    flags.DEFINE_string("arch", "small", "Backbone of --random_init: small, alexnet or vgg16_bn.")
-    flags.DEFINE_integer("image_size", 32, "Input side of --random_init.")
-    flags.DEFINE_bool("sobel", False, "Grey + Sobel input layers for --random_init.")
-    flags.DEFINE_string("train_data", "", "Labelled probe training set (syntax of train.py's --data); "
-                        "default: the workdir's training data.")
-    flags.DEFINE_string("val_data", "", "Labelled validation set; default: hold out --val_fraction of --train_data.")
-    flags.DEFINE_float("val_fraction", 0.2, "Stratified held-out fraction when there is no --val_data.")
-    flags.DEFINE_string("tfds_data_dir", "", "Folder where TFDS data sets were prepared.")
-    flags.DEFINE_integer("synthetic_size", 512, "Images of --train_data/--val_data=synthetic.")
+    tool_inputs.define_flags(flags, "probes")
     flags.DEFINE_string("layers", "block_last", "Probe the last conv of each block (block_last), or all.")
     flags.DEFINE_integer("max_dim", 10000, "Average-pool each layer until it has at most this many values.")
     flags.DEFINE_list("lrs", ["1", "0.1", "0.01"], "Candidate SGD learning rates (several need --kfold).")
@@ -71,9 +58,7 @@ def settings_from_flags():
         for flag, value in REFERENCE_DEFAULTS.items():
             if not FLAGS[flag].present:
                 FLAGS[flag].value = value
-    sources = [bool(FLAGS.workdir), bool(FLAGS.backbone), FLAGS.random_init]
-    if sum(sources) != 1:
-        raise ConfigError("workdir", "give exactly one of --workdir, --backbone and --random_init")
+    tool_inputs.check_one_backbone(FLAGS.workdir, FLAGS.backbone, FLAGS.random_init)
     try:
         lrs = tuple(float(lr) for lr in FLAGS.lrs)
     except ValueError:
@@ -107,29 +92,6 @@ def settings_from_flags():
                               kmeans_pca_dim=FLAGS.kmeans_pca_dim, probe=probe)
 
 
-def load_backbone():
-    """The network to probe and a line describing where it came from."""
-    from keras_dc import backbones
-
-    if FLAGS.random_init:
-        try:
-            backbones.validate_architecture(FLAGS.arch, FLAGS.image_size)
-        except ValueError as error:
-            flag = "arch" if FLAGS.arch not in backbones.ARCHITECTURES else "image_size"
-            raise ConfigError(flag, str(error)) from None
-        model = backbones.build_backbone(FLAGS.arch, FLAGS.image_size, sobel=FLAGS.sobel, seed=FLAGS.seed)
-        return model, (f"random init {FLAGS.arch} (image_size {FLAGS.image_size}, sobel {FLAGS.sobel}, "
-                       f"seed {FLAGS.seed})")
-    from keras_dc import workdir
-
-    if FLAGS.backbone:
-        if not os.path.isfile(FLAGS.backbone):
-            raise ConfigError("backbone", f"{FLAGS.backbone} does not exist")
-        return workdir.load_backbone(FLAGS.backbone), FLAGS.backbone
-    path = workdir.existing_backbone(FLAGS.workdir)
-    return workdir.load_backbone(path), path
-
-
 def workdir_config():
     """The Config the workdir was trained with, or None without --workdir."""
     from keras_dc import workdir
@@ -139,17 +101,8 @@ def workdir_config():
 
 def load_labelled(flag: str, spec: str, image_size: int, trained):
     """Loads a labelled data set; the workdir's own data spec is read with the workdir's settings."""
-    from keras_dc.config import errors_as_flags
-    from keras_dc.sources import DataDirError, SourceError, load_source
-
-    same = trained is not None and spec == trained.data
-    data_dir, size, seed = ((trained.tfds_data_dir, trained.synthetic_size, trained.seed) if same
-                            else (FLAGS.tfds_data_dir, FLAGS.synthetic_size, FLAGS.seed))
-    with errors_as_flags({DataDirError: "tfds_data_dir", SourceError: flag}):
-        source = load_source(spec, image_size, data_dir, size, seed)
-    if source.labels is None:
-        raise ConfigError(flag, f"{source.description} has no labels; the probe needs labelled images")
-    return source
+    return tool_inputs.load_labelled(flag, spec, image_size, trained, FLAGS.tfds_data_dir, FLAGS.synthetic_size,
+                                     FLAGS.seed)
 
 
 def model_clusters(trained, train_spec: str, num_images: int):
@@ -189,7 +142,8 @@ def run() -> dict:
 
     with errors_as_flags({workdir.WorkdirError: "workdir"}):
         trained = workdir_config()
-        backbone, description = load_backbone()
+    backbone, description = tool_inputs.load_backbone(FLAGS.workdir, FLAGS.backbone, FLAGS.random_init,
+                                                      FLAGS.arch, FLAGS.image_size, FLAGS.sobel, FLAGS.seed)
     image_size = backbone.input_shape[1]
     train_spec = FLAGS.train_data or (trained.data if trained else "")
     if not train_spec:
@@ -220,14 +174,7 @@ def main(argv: list[str]) -> None:
     if len(argv) > 1:
         raise app.UsageError(f"unexpected arguments: {' '.join(argv[1:])}")
     logging.set_verbosity(logging.WARNING)
-    try:
-        report = run()
-    except ConfigError as error:
-        print(f"error: {error}", file=sys.stderr)
-        sys.exit(2)
-    except OSError as error:  # a damaged backbone.keras or assignments file, a failed write
-        print(f"error: {error}", file=sys.stderr)
-        sys.exit(3)
+    report = result_or_exit(run)
     print_report(report)
     if "per_layer_baseline" in report:
         print(f"one run per layer: {report['per_layer_baseline']['timing']['total_s']:.1f} s, "

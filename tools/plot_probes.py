@@ -1,0 +1,64 @@
+"""Draws top-1 per layer of several linear-probe reports in one PNG (and in TensorBoard).
+
+    python tools/plot_probes.py --probes=/tmp/kdc_demo/probe.json,/tmp/random.json \
+        --labels="DeeperCluster (demo),random init" --output=docs/demo_probes.png
+
+Each --probes file is the --output JSON of tools/linear_probe.py, e.g. of a trained run, of the
+--random_init baseline and of an imported reference model.
+"""
+
+from __future__ import annotations
+
+import os
+
+from absl import app, flags, logging
+
+from keras_dc.config import ConfigError, result_or_exit
+
+FLAGS = flags.FLAGS
+
+
+def define_flags() -> None:
+    """Declares the tool's flags; only __main__ calls this."""
+    flags.DEFINE_list("probes", [], "linear_probe.py JSON reports, one line each.")
+    flags.DEFINE_list("labels", [], "A legend label per report (default: the file names).")
+    flags.DEFINE_string("output", "probes.png", "The PNG to write.")
+    flags.DEFINE_string("title", "Linear probe on each layer", "Title of the figure.")
+    flags.DEFINE_string("tensorboard_dir", "", "Also write the picture to TensorBoard here (default: no).")
+
+
+def run() -> str:
+    """Reads the reports, draws and writes; returns the PNG's path. Raises ConfigError naming a flag."""
+    if not FLAGS.probes:
+        raise ConfigError("probes", "give one or more linear_probe.py reports")
+    if FLAGS.labels and len(FLAGS.labels) != len(FLAGS.probes):
+        raise ConfigError("labels", f"{len(FLAGS.labels)} labels for {len(FLAGS.probes)} reports")
+    from keras_dc import probe_plot
+    from keras_dc.config import errors_as_flags
+
+    labels = FLAGS.labels or [probe_plot.default_label(path) for path in FLAGS.probes]
+    with errors_as_flags({probe_plot.ProbeReportError: "probes"}):
+        curves = {label: probe_plot.read_top1(path) for label, path in zip(labels, FLAGS.probes)}
+    png = probe_plot.draw(curves, FLAGS.title)
+    try:
+        os.makedirs(os.path.dirname(os.path.abspath(FLAGS.output)), exist_ok=True)
+        with open(FLAGS.output, "wb") as stream:
+            stream.write(png)
+    except OSError as error:
+        raise ConfigError("output", f"cannot write {FLAGS.output}: {error.strerror}") from None
+    if FLAGS.tensorboard_dir:
+        probe_plot.log_to_tensorboard(png, FLAGS.tensorboard_dir)
+    return FLAGS.output
+
+
+def main(argv: list[str]) -> None:
+    if len(argv) > 1:
+        raise app.UsageError(f"unexpected arguments: {' '.join(argv[1:])}")
+    logging.set_verbosity(logging.WARNING)
+    path = result_or_exit(run)
+    print(f"plot: {path}")
+
+
+if __name__ == "__main__":
+    define_flags()
+    app.run(main)

@@ -97,6 +97,20 @@ def load_source(spec: str, image_size: int, tfds_data_dir: str = "", synthetic_s
     return folder_source(spec)
 
 
+def labelled_like(val: ImageSource, train: ImageSource) -> ImageSource:
+    """`val` with its classes numbered as `train` numbers them, matched by name: each source numbers
+    its own classes in sorted order, so a validation set lacking a class would shift every label.
+    A validation class unknown to training is a SourceError."""
+    if val.class_names is None or train.class_names is None or val.class_names == train.class_names:
+        return val
+    unknown = [name for name in val.class_names if name not in train.class_names]
+    if unknown:
+        raise SourceError(f"class {unknown[0]!r} of {val.description} is not a class of the training data "
+                          f"({', '.join(train.class_names[:10])}{', ...' if len(train.class_names) > 10 else ''})")
+    numbers = np.array([train.class_names.index(name) for name in val.class_names], np.int32)
+    return dataclasses.replace(val, labels=numbers[val.labels], class_names=train.class_names)
+
+
 def digits_source(image_size: int) -> ImageSource:
     """scikit-learn's bundled 8x8 digits (1,797 images), upscaled to image_size, grey as RGB."""
     from sklearn.datasets import load_digits

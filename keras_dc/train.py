@@ -16,7 +16,7 @@ from keras_dc import (backbones, callbacks, config as config_lib, data, distribu
 from keras_dc.config import Config, ConfigError
 from keras_dc.eval_callback import EvaluationCallback
 from keras_dc.model import DeeperClusterModel
-from keras_dc.sources import DataDirError, ImageSource, SourceError, load_source
+from keras_dc.sources import DataDirError, ImageSource, SourceError, labelled_like, load_source
 from keras_dc.workdir import Position, TrainingCheckpoints, WorkdirError
 
 UNREADABLE_SHOWN = 5  # unreadable file paths named in the log and TensorBoard
@@ -207,8 +207,9 @@ def evaluation_callback(config: Config, source: ImageSource) -> EvaluationCallba
         with setting_errors(data_field="eval_data"):
             val_source = load_source(config.eval_data, config.image_size, config.tfds_data_dir,
                                      config.synthetic_size, config.seed + 1)
-        if val_source.labels is None:
-            raise ConfigError("eval_data", f"{val_source.description} has no labels")
+            if val_source.labels is None:
+                raise ConfigError("eval_data", f"{val_source.description} has no labels")
+            val_source = labelled_like(val_source, source)
     return EvaluationCallback(source, val_source, config.eval_every)
 
 

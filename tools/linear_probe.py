@@ -188,6 +188,7 @@ def run() -> dict:
     settings = settings_from_flags()
     from keras_dc import backbones, probe, workdir
     from keras_dc.config import errors_as_flags
+    from keras_dc.sources import SourceError, labelled_like
 
     with errors_as_flags({workdir.WorkdirError: "workdir"}):
         trained = workdir_config()
@@ -198,6 +199,9 @@ def run() -> dict:
         raise ConfigError("train_data", "is required with --backbone or --random_init")
     train_source = load_labelled("train_data", train_spec, image_size, trained)
     val_source = load_labelled("val_data", FLAGS.val_data, image_size, trained) if FLAGS.val_data else None
+    if val_source is not None:
+        with errors_as_flags({SourceError: "val_data"}):
+            val_source = labelled_like(val_source, train_source)
     names = backbones.conv_tap_layers(backbone, settings.layers)
     clusters = model_clusters(trained, train_spec, train_source.num_images)
     with errors_as_flags({probe.PoolingError: "max_dim", probe.FoldError: "kfold"}):

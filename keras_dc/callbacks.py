@@ -28,7 +28,8 @@ class ReclusterCallback(keras.callbacks.Callback):
 
     Before every epoch it also draws that epoch's sampling plan. On a resumed
     run it reuses a cycle's saved assignments instead of clustering again, and
-    an epoch resumed mid-way (`resumed_mid_epoch`) keeps its restored heads.
+    an epoch resumed mid-way (`resumed_mid_epoch`) keeps its restored heads;
+    with --reindex_data the data's indices changed, so it clusters at once.
     On several workers (`collective`) all cluster together and worker 0 saves.
     """
 
@@ -64,7 +65,8 @@ class ReclusterCallback(keras.callbacks.Callback):
 
     def _activate(self, cycle: int, report: bool, reset: bool) -> None:
         path = workdir_lib.assignment_path(self.workdir, cycle)
-        if self._saved_for_all(path):
+        reindexed = self.config.reindex_data and self._cycle is None
+        if self._saved_for_all(path) and not reindexed:
             self.assignment = Assignment.load(path)
             self.log(f"clustering: cycle {cycle} assignments loaded from {path}")
             computed = False
@@ -78,7 +80,7 @@ class ReclusterCallback(keras.callbacks.Callback):
         if computed or report:
             self._report(cycle)
         self._swap_tables()
-        if reset:
+        if reset or reindexed:
             model_lib.reset_heads(self.model, reclustering.cycle_seed(self.config.seed, cycle, 2),
                                   keep_super_head=self.config.super_clusters == 1)
         self._cycle = cycle
@@ -92,7 +94,10 @@ class ReclusterCallback(keras.callbacks.Callback):
         if self.assignment is not None:
             return self.assignment
         path = workdir_lib.assignment_path(self.workdir, cycle - 1)
-        return Assignment.load(path) if cycle > 0 and os.path.exists(path) else None
+        if cycle == 0 or not os.path.exists(path):
+            return None
+        previous = Assignment.load(path)
+        return previous if len(previous.super_ids) == self.source.num_images else None  # not if re-indexed
 
     def _swap_tables(self) -> None:
         weights = sampling.example_weights(self.config.sampling, self.cluster_ids, self.config.k)
@@ -119,6 +124,25 @@ class ReclusterCallback(keras.callbacks.Callback):
                 for key, value in self._new_stats.items():
                     tf.summary.scalar(f"clustering/{key}", value)
             self.writer.flush()
+
+
+class ReportFailedImages(keras.callbacks.Callback):
+    """After each epoch, reports the image files that could not be read while training or clustering
+    (gone, changed or no longer regular since the folder was indexed): they were skipped, not fatal."""
+
+    def __init__(self, source: ImageSource, log: Callable[[str], None] = print, shown: int = 5):
+        super().__init__()
+        self.source = source
+        self.log = log
+        self.shown = shown
+        self.reported: set[str] = set()
+
+    def on_epoch_end(self, epoch, logs=None):
+        new = sorted(self.source.failed - self.reported)
+        if new:
+            self.reported.update(new)
+            self.log(f"data: skipped {len(new)} files that became unreadable during epoch {epoch + 1} "
+                     f"({len(self.reported)} in all); first ones: {', '.join(new[:self.shown])}")
 
 
 class NonFiniteLoss(RuntimeError):

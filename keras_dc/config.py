@@ -20,6 +20,7 @@ STRATEGIES = ("auto", "default", "one_device", "mirrored", "multi_worker")
 CACHE_DTYPES = ("float32", "float16")
 
 VERBOSITIES = (0, 1, 2)
+MAX_IMAGE_MB = 64.0  # larger image files are skipped: a photo is a few MB, a 1 GB ".jpg" is not one to decode
 
 # Settings that decide the shape of the model, the meaning of the saved
 # assignments (cycle n covers epochs n*T..) or of a mid-epoch position (counted
@@ -85,6 +86,8 @@ class Config:
     eval_every: int = 0
     eval_data: str = ""
     verbose: int = 1
+    max_image_mb: float = MAX_IMAGE_MB
+    reindex_data: bool = False
 
     @property
     def sub_classes(self) -> int:
@@ -135,7 +138,7 @@ def validate(config: Config) -> None:
 
 
 def _check_numbers(config: Config) -> None:
-    for flag in ("batch_size", "epochs", "reassign_every", "pca_dim", "kmeans_iters", "lr"):
+    for flag in ("batch_size", "epochs", "reassign_every", "pca_dim", "kmeans_iters", "lr", "max_image_mb"):
         _positive(flag, getattr(config, flag))
     for flag in ("seed", "pca_sample", "max_cache_gb", "eval_every"):
         if getattr(config, flag) < 0:

@@ -50,11 +50,13 @@ def setting_errors(data_field: str = "data") -> contextlib.AbstractContextManage
 
 
 def check_resumable(config: Config, num_images: int | None = None) -> None:
-    """Refuses a workdir saved with other key settings (or, given num_images, another image count)."""
+    """Refuses a workdir saved with other key settings (or, given num_images, another image count,
+    unless --reindex_data)."""
     with setting_errors():
         saved = workdir_lib.saved_run(config.workdir)
     if saved is not None:
-        config_lib.check_resumable(config, saved.config, saved.num_images, num_images, saved.recorded)
+        config_lib.check_resumable(config, saved.config, saved.num_images,
+                                   None if config.reindex_data else num_images, saved.recorded)
 
 
 def check_settings(config: Config) -> tf.distribute.Strategy:
@@ -75,14 +77,15 @@ def check_settings(config: Config) -> tf.distribute.Strategy:
 def prepare_data(config: Config, log: Callable[[str], None] = print) -> ImageSource:
     """Loads the source and checks the settings that depend on it (after check_settings)."""
     with setting_errors():
+        index = None if config.reindex_data else workdir_lib.data_index(config.workdir)
         source = load_source(config.data, config.image_size, config.tfds_data_dir, config.synthetic_size,
-                             config.seed)
+                             config.seed, config.max_image_mb, index)
     config_lib.validate_for_data(config, source.num_images)
     check_resumable(config, source.num_images)
     if config.batch_size > source.num_images:
         raise ConfigError("batch_size", f"{config.batch_size} is larger than the {source.num_images} images")
     if source.unreadable:
-        log(f"data: skipped {len(source.unreadable)} unreadable files; first ones: "
+        log(f"data: skipped {len(source.unreadable)} unreadable files or entries; first ones: "
             f"{', '.join(source.unreadable[:UNREADABLE_SHOWN])}")
     for warning in kmeans.warn_small_clusters(source.num_images, config.k, config.super_clusters):
         log(f"warning: {warning}")
@@ -114,6 +117,8 @@ def train(config: Config, source: ImageSource | None = None, log: Callable[[str]
         start = training_checkpoints.restore()
     if chief:
         workdir_lib.write_config(config.workdir, config, source.description, source.num_images)
+        if source.index is not None:
+            workdir_lib.save_data_index(config.workdir, source.index)
         write_data_summary(source, workdir_lib.tensorboard_dir(config.workdir, "data"))
     if start != Position(0):
         log(f"resuming {config.workdir} after epoch {start.epoch}" + (f", batch {start.step}" if start.step else ""))
@@ -178,6 +183,7 @@ def run_callbacks(config: Config, source: ImageSource, tables: data.LabelTables,
         callbacks.ReclusterCallback(config, source, tables, config.workdir, log, writer,
                                     resumed_mid_epoch=start.epoch if start.step else None,
                                     collective=collective, cache=cache),
+        callbacks.ReportFailedImages(source, log, UNREADABLE_SHOWN),
         *([evaluation] if evaluation else []),
         *logs,
         callbacks.CheckpointCallback(training_checkpoints, start, stop_request),

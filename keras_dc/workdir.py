@@ -2,6 +2,8 @@
 
 Layout of a workdir:
     config.json                   every setting of the run (Config), its data and image count
+    data_index.npz                the image files of a folder --data, in index order, with their sizes
+    .lock                         held (flock) by the run using the workdir: its host, pid and start time
     checkpoints/                  tf.train.Checkpoint of model + optimizer, one per epoch
                                   (and one at the current batch on pre-emption)
     assignments/cycle_NNNN.npz    super/sub ids, PCA and statistics of each re-clustering
@@ -32,6 +34,7 @@ import tensorflow as tf
 from keras_dc import hierarchy
 from keras_dc.config import Config
 from keras_dc.pca import PCA
+from keras_dc.sources import DataIndex
 
 
 class WorkdirError(ValueError):
@@ -106,6 +109,31 @@ def checkpoints_dir(workdir: str) -> str:
 
 def assignment_path(workdir: str, cycle: int) -> str:
     return os.path.join(workdir, "assignments", f"cycle_{cycle:04d}.npz")
+
+
+def data_index_path(workdir: str) -> str:
+    return os.path.join(workdir, "data_index.npz")
+
+
+def save_data_index(workdir: str, index: DataIndex) -> None:
+    """Records the image files a run indexed (names joined by NUL, which no file name holds)."""
+    names = np.frombuffer("\0".join(index.names).encode("utf-8"), np.uint8)
+    save_npz(data_index_path(workdir), names_utf8=names, file_bytes=np.asarray(index.file_bytes, np.int64))
+
+
+def data_index(workdir: str) -> DataIndex | None:
+    """The image files the workdir's run indexed, or None (not a folder, or a workdir of an older version)."""
+    path = data_index_path(workdir)
+    if not os.path.exists(path):
+        return None
+    try:
+        arrays = load_npz(path)
+        names = tuple(arrays["names_utf8"].tobytes().decode("utf-8").split("\0"))
+    except (OSError, ValueError, KeyError) as error:
+        raise WorkdirError(f"cannot read {path} ({error}); restore it or use another workdir") from None
+    if len(names) != len(arrays["file_bytes"]):
+        raise WorkdirError(f"{path} is damaged: {len(names)} names for {len(arrays['file_bytes'])} sizes")
+    return DataIndex(names, arrays["file_bytes"])
 
 
 def metrics_path(workdir: str) -> str:

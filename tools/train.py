@@ -57,6 +57,8 @@ HELP = {
     "eval_every": "Every this many epochs, log k-NN and linear-probe top-1 on labelled data (0: never).",
     "eval_data": "Labelled validation set of --eval_every (syntax of --data; default: hold out 20% of --data).",
     "verbose": "Keras progress output: 0 silent, 1 progress bar, 2 one line per epoch.",
+    "max_image_mb": "Image files larger than this many MB are skipped and reported, never read.",
+    "reindex_data": "Resume on a folder whose files changed: index it again and re-cluster at once (else refused).",
 }
 
 

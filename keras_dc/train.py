@@ -101,10 +101,20 @@ def train(config: Config, source: ImageSource | None = None, log: Callable[[str]
     """
     strategy = strategy or check_settings(config)
     source = source or prepare_data(config, log)
+    chief = distribute.is_chief(strategy)
+    with contextlib.ExitStack() as stack:
+        if chief:  # the other workers of a multi-worker run share the chief's workdir
+            with setting_errors():
+                stack.enter_context(workdir_lib.locked(config.workdir, log))
+        return train_locked(config, source, log, strategy, chief)
+
+
+def train_locked(config: Config, source: ImageSource, log: Callable[[str], None],
+                 strategy: tf.distribute.Strategy, chief: bool) -> dict:
+    """train() once the workdir's lock is held (by the chief)."""
     cache = cache_settings(config, strategy, source.num_images)
     evaluation = evaluation_callback(config, source)
     configure_runtime(config)
-    chief = distribute.is_chief(strategy)
     tables = data.LabelTables(source.num_images, source.num_images)
     with strategy.scope():
         model = build_model(config, sync_batchnorm=strategy.num_replicas_in_sync > 1)

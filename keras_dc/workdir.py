@@ -21,12 +21,17 @@ of a save leaves the previous checkpoint the latest one.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
+import datetime
+import fcntl
 import glob
 import io
 import json
 import os
+import socket
 import tempfile
+from collections.abc import Callable, Iterator
 
 import numpy as np
 import tensorflow as tf
@@ -39,6 +44,10 @@ from keras_dc.sources import DataIndex
 
 class WorkdirError(ValueError):
     """A workdir lacks a file it should hold, or holds one this run cannot use."""
+
+
+class WorkdirLocked(WorkdirError):
+    """Another run is using the workdir."""
 
 
 def atomic_write_bytes(path: str, payload: bytes) -> None:
@@ -109,6 +118,51 @@ def checkpoints_dir(workdir: str) -> str:
 
 def assignment_path(workdir: str, cycle: int) -> str:
     return os.path.join(workdir, "assignments", f"cycle_{cycle:04d}.npz")
+
+
+def lock_path(workdir: str) -> str:
+    return os.path.join(workdir, ".lock")
+
+
+@contextlib.contextmanager
+def locked(workdir: str, log: Callable[[str], None] = print) -> Iterator[None]:
+    """Holds the workdir's lock while a run uses it; a WorkdirLocked naming the holder when another
+    run holds it. The lock is an flock, so the kernel releases it when its process dies however it
+    dies; the file names the holder (host, pid, start) until the holder releases it, so a lock left
+    by a killed run is taken over with a line that says so."""
+    os.makedirs(workdir, exist_ok=True)
+    try:
+        handle = os.open(lock_path(workdir), os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC, 0o644)
+    except OSError as error:
+        raise WorkdirError(f"cannot open the lock file {lock_path(workdir)}: {error.strerror}") from None
+    try:
+        try:
+            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            raise WorkdirLocked(f"{workdir} is in use by another run ({_holder(handle) or 'holder unknown'}); "
+                                f"wait for it to end or use another workdir") from None
+        previous = _holder(handle)
+        if previous:
+            log(f"workdir: taking over the lock of {previous}, which ended without releasing it")
+        me = {"host": socket.gethostname(), "pid": os.getpid(),
+              "started": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds")}
+        os.ftruncate(handle, 0)
+        os.pwrite(handle, json.dumps(me).encode(), 0)
+        try:
+            yield
+        finally:
+            os.ftruncate(handle, 0)
+    finally:
+        os.close(handle)
+
+
+def _holder(handle: int) -> str:
+    """The holder recorded in an open lock file, in words ("" when none is)."""
+    try:
+        holder = json.loads(os.pread(handle, 4096, 0) or b"null")
+        return f"pid {holder['pid']} on host {holder['host']}, started {holder['started']}" if holder else ""
+    except (ValueError, TypeError, KeyError):
+        return "holder unreadable"
 
 
 def data_index_path(workdir: str) -> str:

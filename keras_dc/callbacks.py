@@ -173,14 +173,17 @@ class CheckpointCallback(keras.callbacks.Callback):
     A run resumed mid-epoch starts at `start`: that epoch's batches are counted
     from start.step and the running metrics that fit() reset are put back. Keep
     it last, so that the other callbacks have finished an epoch before it is saved.
+    On several workers (`collective`) the workers agree after every batch whether
+    any was asked to stop, so that all save at the same batch and stop together.
     """
 
     def __init__(self, training_checkpoints: TrainingCheckpoints, start: Position,
-                 stop_request: StopRequest | None = None):
+                 stop_request: StopRequest | None = None, collective: Collective | None = None):
         super().__init__()
         self.training_checkpoints = training_checkpoints
         self.start = start
         self.stop_request = stop_request
+        self.collective = collective
         self.position = start
 
     def on_epoch_begin(self, epoch, logs=None):
@@ -199,7 +202,10 @@ class CheckpointCallback(keras.callbacks.Callback):
         self._stop_if_requested(saved=True)
 
     def _stop_if_requested(self, saved: bool = False) -> None:
-        if self.stop_request is None or not self.stop_request.requested:
+        requested = self.stop_request is not None and self.stop_request.requested
+        if self.collective is not None and self.collective.workers > 1:
+            requested = bool(self.collective.all_reduce_sum(np.array([requested], np.int64))[0])
+        if not requested:
             return
         if not saved:
             self.training_checkpoints.save(self.position)

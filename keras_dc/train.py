@@ -133,8 +133,7 @@ def train_locked(config: Config, source: ImageSource, log: Callable[[str], None]
     if start != Position(0):
         log(f"resuming {config.workdir} after epoch {start.epoch}" + (f", batch {start.step}" if start.step else ""))
     if start.epoch < config.epochs:
-        single_process = not isinstance(strategy, tf.distribute.MultiWorkerMirroredStrategy)
-        with preemption.sigterm_requests(enabled=single_process) as stop_request, \
+        with preemption.sigterm_requests() as stop_request, \
                 distribute.checkpoint_write_dir(config.workdir, chief) as write_dir:
             saver = training_checkpoints if chief else TrainingCheckpoints(
                 write_dir, model, training_checkpoints.steps_per_epoch)
@@ -196,7 +195,7 @@ def run_callbacks(config: Config, source: ImageSource, tables: data.LabelTables,
         callbacks.ReportFailedImages(source, log, UNREADABLE_SHOWN),
         *([evaluation] if evaluation else []),
         *logs,
-        callbacks.CheckpointCallback(training_checkpoints, start, stop_request),
+        callbacks.CheckpointCallback(training_checkpoints, start, stop_request, collective),
     ]
 
 

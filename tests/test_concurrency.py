@@ -30,7 +30,8 @@ def test_a_second_run_in_a_workdir_is_refused_and_a_dead_runs_lock_is_taken_over
         second = subprocess.run(train, capture_output=True, text=True, timeout=300)
         assert second.returncode == 2, second.stderr[-2000:]
         assert re.fullmatch(rf"error: --workdir: {workdir} is in use by another run \(pid {first.pid} on host "
-                            rf"\S+, started \S+\); wait for it to end or use another workdir", _last_line(second.stderr))
+                            rf"\S+, started \S+\); wait for it to end or use another workdir",
+                            _last_line(second.stderr))
     finally:
         first.kill()  # SIGKILL: the lock file still names it, the kernel has released the flock
         first.wait()
@@ -59,3 +60,44 @@ def test_a_cache_write_never_follows_a_planted_link(tmp_path):
         cache = writer.finish()
     assert victim.read_text() == "precious"
     assert not os.path.islink(path) and np.array_equal(cache.array, np.ones((4, 3)))
+
+
+def _children(pid):
+    with open(f"/proc/{pid}/task/{pid}/children") as handle:
+        return [int(child) for child in handle.read().split()]
+
+
+def _alive(pid):
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    return True
+
+
+def test_sigterm_to_the_launcher_reaches_the_workers_which_save_and_stop(tmp_path):
+    workdir = str(tmp_path / "run")
+    flags = [*SETTINGS, "--synthetic_size=96", "--epochs=50", f"--workdir={workdir}"]
+    launcher = subprocess.Popen([sys.executable, os.path.join(ROOT, "tools", "launch_local.py"), "--workers=2", "--",
+                                 *flags], stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    lines, workers = [], []
+    try:
+        for line in launcher.stdout:  # both workers inside fit: their SIGTERM handlers are installed
+            lines.append(line)
+            if sum("clustering: cycle 0:" in seen for seen in lines) == 2:
+                break
+        workers = _children(launcher.pid)
+        assert len(workers) == 2, "".join(lines[-30:])
+        launcher.send_signal(signal.SIGTERM)
+        lines.extend(launcher.stdout)
+        assert launcher.wait(timeout=300) == 143, "".join(lines[-30:])
+        assert not any(_alive(pid) for pid in workers)  # none orphaned
+        stops = sorted(line.split("] ", 1)[1] for line in lines if "pre-empted: saved a checkpoint" in line)
+        assert len(stops) == 2 and stops[0] == stops[1], "".join(lines[-30:])  # both at the same batch
+        batch = int(re.search(r"batch (\d+) of", stops[0]).group(1))
+        assert os.path.exists(os.path.join(workdir, "checkpoints", f"ckpt-{batch}.index"))
+    finally:
+        launcher.kill()
+        for pid in workers:
+            if _alive(pid):
+                os.kill(pid, signal.SIGKILL)

@@ -144,11 +144,14 @@ def load_labelled(flag: str, spec: str, image_size: int, trained):
     from keras_dc.config import errors_as_flags
     from keras_dc.sources import DataDirError, SourceError, load_source
 
+    from keras_dc.workdir import WorkdirError, data_index
+
     same = trained is not None and spec == trained.data
     data_dir, size, seed = ((trained.tfds_data_dir, trained.synthetic_size, trained.seed) if same
                             else (FLAGS.tfds_data_dir, FLAGS.synthetic_size, FLAGS.seed))
-    with errors_as_flags({DataDirError: "tfds_data_dir", SourceError: flag}):
-        source = load_source(spec, image_size, data_dir, size, seed)
+    with errors_as_flags({DataDirError: "tfds_data_dir", SourceError: flag, WorkdirError: "workdir"}):
+        index = data_index(FLAGS.workdir) if same else None  # the run's indices, which its clusters use
+        source = load_source(spec, image_size, data_dir, size, seed, index=index)
     if source.labels is None:
         raise ConfigError(flag, f"{source.description} has no labels; the probe needs labelled images")
     return source

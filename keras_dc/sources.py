@@ -111,17 +111,16 @@ class ImageSource:
         self._lock = threading.Lock()
 
 
-def read_regular_file(path: bytes | str, expected_bytes: int = -1, max_bytes: int | None = None) -> bytes:
+def read_regular_file(path: bytes | str, expected_bytes: int = -1) -> bytes:
     """The contents of `path`, or b"" unless it is a regular file (opened without blocking, so a FIFO
-    never hangs) of `expected_bytes` (if >= 0) and of at most `max_bytes` (if given)."""
+    never hangs) of `expected_bytes` bytes (any size for -1)."""
     try:
         handle = os.open(path, os.O_RDONLY | os.O_NONBLOCK)
     except OSError:
         return b""
     try:
         info = os.fstat(handle)
-        if (not stat.S_ISREG(info.st_mode) or expected_bytes not in (-1, info.st_size)
-                or (max_bytes is not None and info.st_size > max_bytes)):
+        if not stat.S_ISREG(info.st_mode) or expected_bytes not in (-1, info.st_size):
             return b""
         with os.fdopen(os.dup(handle), "rb") as stream:
             return stream.read(info.st_size + 1)
@@ -148,6 +147,8 @@ def readable(paths: np.ndarray) -> np.ndarray:
 
     The same decoder as training is used, so a file kept here cannot fail there.
     """
+    if not len(paths):
+        return np.zeros(0, bool)
     path_tensor = tf.constant(paths)
     dataset = tf.data.Dataset.range(len(paths)).map(
         lambda index: (index, tf.shape(decode_file(tf.gather(path_tensor, index)))),
@@ -256,6 +257,9 @@ def indexed_folder_source(path: str, found: dict[str, int], skipped: list[str], 
     unreadable = tuple(skipped) + tuple(
         f"{os.path.join(path, name)} ({'cannot be decoded' if ok else 'missing or changed since indexed'})"
         for name, ok, good in zip(index.names, same, mask) if not good)
+    if not mask.any():
+        raise SourceError(f"none of the {len(index.names)} image files indexed below {path} can be read now "
+                          f"(first: {unreadable[0]})")
     return _folder_images(path, index, mask, unreadable)
 
 

@@ -164,3 +164,17 @@ def test_files_gone_or_truncated_mid_run_are_skipped_counted_and_the_run_resumes
     skipped = [line for line in lines if line.startswith("data: skipped 2 unreadable files or entries")]
     assert len(skipped) == 1 and "missing or changed since indexed" in skipped[0]
     assert [json.loads(line)["epoch"] for line in open(workdir.metrics_path(config.workdir))] == [1, 2, 3]
+
+
+def test_training_evaluation_numbers_eval_data_classes_as_the_training_data(tmp_path, tiny_config):
+    from keras_dc import sources
+
+    train_folder = make_folder(tmp_path / "train", "abc", 3)
+    val_folder = make_folder(tmp_path / "val", "bc", 2)
+    config = dataclasses.replace(tiny_config, data=str(train_folder), eval_every=1, eval_data=str(val_folder))
+    source = sources.load_source(str(train_folder), 16)
+    callback = train.evaluation_callback(config, source)
+    assert list(callback.val_source.labels) == [1, 1, 2, 2]  # b and c, as training numbers them
+    os.rename(val_folder / "c", val_folder / "z")
+    with pytest.raises(ConfigError, match="--eval_data: class 'z' of .* is not a class of the training data"):
+        train.evaluation_callback(config, source)

@@ -122,8 +122,8 @@ def read_regular_file(path: bytes | str, expected_bytes: int = -1) -> bytes:
         info = os.fstat(handle)
         if not stat.S_ISREG(info.st_mode) or expected_bytes not in (-1, info.st_size):
             return b""
-        with os.fdopen(os.dup(handle), "rb") as stream:
-            return stream.read(info.st_size + 1)
+        payload = os.read(handle, info.st_size + 1)  # one read: a regular file gives all it holds
+        return payload if len(payload) == info.st_size else b""  # else it changed while being read
     except OSError:
         return b""
     finally:

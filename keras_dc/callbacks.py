@@ -28,7 +28,8 @@ class ReclusterCallback(keras.callbacks.Callback):
 
     Before every epoch it also draws that epoch's sampling plan. On a resumed
     run it reuses a cycle's saved assignments instead of clustering again, and
-    an epoch resumed mid-way (`resumed_mid_epoch`) keeps its restored heads.
+    an epoch resumed mid-way (`resumed_mid_epoch`) keeps its restored heads;
+    with --reindex_data the data's indices changed, so it clusters at once.
     On several workers (`collective`) all cluster together and worker 0 saves.
     """
 
@@ -64,7 +65,8 @@ class ReclusterCallback(keras.callbacks.Callback):
 
     def _activate(self, cycle: int, report: bool, reset: bool) -> None:
         path = workdir_lib.assignment_path(self.workdir, cycle)
-        if self._saved_for_all(path):
+        reindexed = self.config.reindex_data and self._cycle is None
+        if self._saved_for_all(path) and not reindexed:
             self.assignment = Assignment.load(path)
             self.log(f"clustering: cycle {cycle} assignments loaded from {path}")
             computed = False
@@ -79,7 +81,7 @@ class ReclusterCallback(keras.callbacks.Callback):
         if computed or report:
             self._report(cycle)
         self._swap_tables()
-        if reset:
+        if reset or reindexed:
             model_lib.reset_heads(self.model, reclustering.cycle_seed(self.config.seed, cycle, 2),
                                   keep_super_head=self.config.super_clusters == 1)
         self._cycle = cycle
@@ -93,7 +95,10 @@ class ReclusterCallback(keras.callbacks.Callback):
         if self.assignment is not None:
             return self.assignment
         path = workdir_lib.assignment_path(self.workdir, cycle - 1)
-        return Assignment.load(path) if cycle > 0 and os.path.exists(path) else None
+        if cycle == 0 or not os.path.exists(path):
+            return None
+        previous = Assignment.load(path)
+        return previous if len(previous.super_ids) == self.source.num_images else None  # not if re-indexed
 
     def _swap_tables(self) -> None:
         weights = sampling.example_weights(self.config.sampling, self.cluster_ids, self.config.k)
@@ -119,6 +124,25 @@ class ReclusterCallback(keras.callbacks.Callback):
                 for key, value in self._new_stats.items():
                     tf.summary.scalar(f"clustering/{key}", value)
             self.writer.flush()
+
+
+class ReportFailedImages(keras.callbacks.Callback):
+    """After each epoch, reports the image files that could not be read while training or clustering
+    (gone, changed or no longer regular since the folder was indexed): they were skipped, not fatal."""
+
+    def __init__(self, source: ImageSource, log: Callable[[str], None] = print, shown: int = 5):
+        super().__init__()
+        self.source = source
+        self.log = log
+        self.shown = shown
+        self.reported: set[str] = set()
+
+    def on_epoch_end(self, epoch, logs=None):
+        new = sorted(self.source.failed - self.reported)
+        if new:
+            self.reported.update(new)
+            self.log(f"data: skipped {len(new)} files that became unreadable during epoch {epoch + 1} "
+                     f"({len(self.reported)} in all); first ones: {', '.join(new[:self.shown])}")
 
 
 class NonFiniteLoss(workdir_lib.Diverged):
@@ -149,14 +173,17 @@ class CheckpointCallback(keras.callbacks.Callback):
     A run resumed mid-epoch starts at `start`: that epoch's batches are counted
     from start.step and the running metrics that fit() reset are put back. Keep
     it last, so that the other callbacks have finished an epoch before it is saved.
+    On several workers (`collective`) the workers agree after every batch whether
+    any was asked to stop, so that all save at the same batch and stop together.
     """
 
     def __init__(self, training_checkpoints: TrainingCheckpoints, start: Position,
-                 stop_request: StopRequest | None = None):
+                 stop_request: StopRequest | None = None, collective: Collective | None = None):
         super().__init__()
         self.training_checkpoints = training_checkpoints
         self.start = start
         self.stop_request = stop_request
+        self.collective = collective
         self.position = start
 
     def on_epoch_begin(self, epoch, logs=None):
@@ -175,7 +202,10 @@ class CheckpointCallback(keras.callbacks.Callback):
         self._stop_if_requested(saved=True)
 
     def _stop_if_requested(self, saved: bool = False) -> None:
-        if self.stop_request is None or not self.stop_request.requested:
+        requested = self.stop_request is not None and self.stop_request.requested
+        if self.collective is not None and self.collective.workers > 1:
+            requested = bool(self.collective.all_reduce_sum(np.array([requested], np.int64))[0])
+        if not requested:
             return
         if not saved:
             self.training_checkpoints.save(self.position)

@@ -23,6 +23,7 @@ STRATEGIES = ("auto", "default", "one_device", "mirrored", "multi_worker")
 CACHE_DTYPES = ("float32", "float16")
 
 VERBOSITIES = (-1, 0, 1, 2)  # -1: keras_dc.progress.AUTO
+MAX_IMAGE_MB = 64.0  # larger image files are skipped: a photo is a few MB, a 1 GB ".jpg" is not one to decode
 
 # Settings that decide the shape of the model, the meaning of the saved
 # assignments (cycle n covers epochs n*T..) or of a mid-epoch position (counted
@@ -108,6 +109,8 @@ class Config:
     eval_data: str = ""
     verbose: int = -1  # keras_dc.progress.AUTO: 1 on a terminal, 2 otherwise
     progress_seconds: float = 10.0
+    max_image_mb: float = MAX_IMAGE_MB
+    reindex_data: bool = False
 
     @property
     def sub_classes(self) -> int:
@@ -162,7 +165,7 @@ def _check_numbers(config: Config) -> None:
         value = getattr(config, field.name)
         if isinstance(value, float) and not math.isfinite(value):
             raise ConfigError(field.name, f"must be a finite number, got {value}")
-    for flag in ("batch_size", "epochs", "reassign_every", "pca_dim", "kmeans_iters", "lr"):
+    for flag in ("batch_size", "epochs", "reassign_every", "pca_dim", "kmeans_iters", "lr", "max_image_mb"):
         _positive(flag, getattr(config, flag))
     for flag in ("seed", "pca_sample", "max_cache_gb", "eval_every", "progress_seconds"):
         if getattr(config, flag) < 0:

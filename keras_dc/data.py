@@ -135,20 +135,22 @@ def training_dataset(source: ImageSource, tables: LabelTables, image_size: int, 
 
     def cropped_example(position, index, rotation):
         crop_seed = tf.random.experimental.stateless_split(example_seed(position), 2)[0]
-        image = bounded_image(source.load(index), max_side)
-        return position, index, rotation, random_crops(image, image_size, crop_seed, min_crop_scale)
+        image, found = source.load_checked(index)
+        crop = random_crops(bounded_image(image, max_side), image_size, crop_seed, min_crop_scale)
+        return position, index, rotation, crop, found
 
     def cropped_batch(positions, indices, rotations):
         crop_seed = tf.random.experimental.stateless_split(example_seed(positions[0]), 2)[0]
-        return positions, indices, rotations, random_crops(source.load(indices), image_size, crop_seed,
-                                                           min_crop_scale)
+        crops = random_crops(source.load(indices), image_size, crop_seed, min_crop_scale)
+        return positions, indices, rotations, crops, tf.ones_like(indices, tf.bool)
 
-    def labelled_batch(positions, indices, rotations, crops):
+    def labelled_batch(positions, indices, rotations, crops, found):
+        """Labels from the tables; an image that could not be read is weighted 0, so it teaches nothing."""
         flip_seed = tf.random.experimental.stateless_split(example_seed(positions[0]), 2)[1]
         targets = {
             "super": hierarchy.super_target(tf.gather(tables.super_ids, indices), rotations, rotation),
             "sub": tf.gather(tables.sub_ids, indices),
-            "weight": tf.gather(tables.weights, indices),
+            "weight": tf.gather(tables.weights, indices) * tf.cast(found, tf.float32),
             "index": indices,
         }
         return flip_and_rotate(crops, rotations, flip_seed, flip), targets

@@ -4,7 +4,9 @@ written front to back and read as a numpy memmap.
 Clustering reads a shard chunk by chunk, so its RAM is bounded by one chunk and
 the centroids, not by N x d. Rows may be stored as float16 to halve the disk and
 page-cache footprint; reads always return float32. Caches are scratch files, never fsynced:
-a killed run extracts again.
+a killed run extracts again. Each clustering writes in a fresh folder of its own inside the
+cache folder, and every file is created under a new unique name (O_EXCL, then renamed), so
+runs sharing a cache folder never meet and a link planted there is never followed.
 """
 
 from __future__ import annotations
@@ -70,10 +72,12 @@ class CacheWriter:
     def __init__(self, path: str, rows: int, dim: int, dtype: str = "float32"):
         if dtype not in CACHE_DTYPES:
             raise ValueError(f"cache dtype must be one of {CACHE_DTYPES}, got {dtype!r}")
-        os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+        folder = os.path.dirname(os.path.abspath(path))
+        os.makedirs(folder, exist_ok=True)
         self.path, self.shape, self.dtype = path, (rows, dim), np.dtype(dtype)
         self._written = 0
-        self._file = open(path, "wb")
+        handle, self._temporary = tempfile.mkstemp(dir=folder, prefix=".tmp-" + os.path.basename(path))
+        self._file = os.fdopen(handle, "wb")  # mkstemp: O_EXCL on a new name, so no planted link is followed
         header = {"descr": np.lib.format.dtype_to_descr(self.dtype), "fortran_order": False, "shape": self.shape}
         np.lib.format.write_array_header_1_0(self._file, header)
 
@@ -91,6 +95,7 @@ class CacheWriter:
         self._file.close()
         if self._written != self.shape[0]:
             raise ValueError(f"{self.path}: {self._written} of {self.shape[0]} rows written")
+        os.replace(self._temporary, self.path)  # replaces a link at `path` itself, never its target
         return FeatureCache.open(self.path)
 
     def __enter__(self) -> CacheWriter:
@@ -98,8 +103,10 @@ class CacheWriter:
 
     def __exit__(self, error_type, error, traceback) -> None:
         self._file.close()
-        if error_type is not None and os.path.exists(self.path):
-            os.remove(self.path)
+        if error_type is not None:
+            for path in (self._temporary, self.path):
+                if os.path.lexists(path):
+                    os.remove(path)
 
 
 @dataclasses.dataclass
@@ -150,14 +157,14 @@ class ShardedFeatures:
 
 @contextlib.contextmanager
 def cache_directory(settings: CacheSettings | None) -> Iterator[CacheSettings]:
-    """The given settings (folder created), or float32 caches in a temporary folder removed afterwards."""
+    """The settings with a new folder of this caller's own inside the given folder (created), or
+    float32 caches in a temporary folder; either is removed afterwards."""
     if settings is not None:
         os.makedirs(settings.directory, exist_ok=True)
-        yield settings
-        return
-    folder = tempfile.mkdtemp(prefix="kdc_features_")
+    parent = settings.directory if settings is not None else None
+    folder = tempfile.mkdtemp(prefix="kdc_features_", dir=parent)
     try:
-        yield CacheSettings(folder)
+        yield dataclasses.replace(settings, directory=folder) if settings is not None else CacheSettings(folder)
     finally:
         shutil.rmtree(folder, ignore_errors=True)
 

@@ -36,10 +36,12 @@ class StopRequest:
 
 
 @contextlib.contextmanager
-def sigterm_requests(enabled: bool = True) -> Iterator[StopRequest | None]:
-    """Turns SIGTERM into a StopRequest while active; yields None when disabled or off the main thread
-    (Python only delivers signals there), leaving SIGTERM's usual effect."""
-    if not enabled or threading.current_thread() is not threading.main_thread():
+def sigterm_requests() -> Iterator[StopRequest | None]:
+    """Turns SIGTERM into a StopRequest while active; yields None off the main thread (Python only
+    delivers signals there), leaving SIGTERM's usual effect. On several workers the checkpoint
+    callback makes them agree on the batch where they all stop (tools/launch_local.py passes
+    SIGTERM on to each)."""
+    if threading.current_thread() is not threading.main_thread():
         yield None
         return
     request = StopRequest()

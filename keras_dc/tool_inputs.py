@@ -53,14 +53,18 @@ def load_backbone(workdir: str, backbone: str, random_init: bool, arch: str, ima
 
 
 def load_labelled(flag: str, spec: str, image_size: int, trained: Config | None, tfds_data_dir: str,
-                  synthetic_size: int, seed: int):
-    """A labelled ImageSource; the workdir's own data spec (`trained.data`) is read with the workdir's settings."""
+                  synthetic_size: int, seed: int, workdir: str = ""):
+    """A labelled ImageSource; the workdir's own data spec (`trained.data`) is read with the workdir's
+    settings and its recorded file list, so images keep the indices its clusters use."""
     from keras_dc.sources import DataDirError, SourceError, load_source
+    from keras_dc.workdir import WorkdirError, data_index
 
-    if trained is not None and spec == trained.data:
+    same = trained is not None and spec == trained.data
+    if same:
         tfds_data_dir, synthetic_size, seed = trained.tfds_data_dir, trained.synthetic_size, trained.seed
-    with errors_as_flags({DataDirError: "tfds_data_dir", SourceError: flag}):
-        source = load_source(spec, image_size, tfds_data_dir, synthetic_size, seed)
+    with errors_as_flags({DataDirError: "tfds_data_dir", SourceError: flag, WorkdirError: "workdir"}):
+        index = data_index(workdir) if same and workdir else None
+        source = load_source(spec, image_size, tfds_data_dir, synthetic_size, seed, index=index)
     if source.labels is None:
         raise ConfigError(flag, f"{source.description} has no labels; this tool needs labelled images")
     return source

@@ -16,7 +16,7 @@ from keras_dc import (backbones, callbacks, config as config_lib, data, distribu
 from keras_dc.config import Config, ConfigError
 from keras_dc.eval_callback import EvaluationCallback
 from keras_dc.model import DeeperClusterModel
-from keras_dc.sources import DataDirError, ImageSource, SourceError, load_source
+from keras_dc.sources import DataDirError, ImageSource, SourceError, labelled_like, load_source
 from keras_dc.workdir import Position, TrainingCheckpoints, WorkdirError
 
 UNREADABLE_SHOWN = 5  # unreadable file paths named in the log and TensorBoard
@@ -50,11 +50,13 @@ def setting_errors(data_field: str = "data") -> contextlib.AbstractContextManage
 
 
 def check_resumable(config: Config, num_images: int | None = None) -> None:
-    """Refuses a workdir saved with other key settings (or, given num_images, another image count)."""
+    """Refuses a workdir saved with other key settings (or, given num_images, another image count,
+    unless --reindex_data)."""
     with setting_errors():
         saved = workdir_lib.saved_run(config.workdir)
     if saved is not None:
-        config_lib.check_resumable(config, saved.config, saved.num_images, num_images, saved.recorded)
+        config_lib.check_resumable(config, saved.config, saved.num_images,
+                                   None if config.reindex_data else num_images, saved.recorded)
 
 
 def check_settings(config: Config) -> tf.distribute.Strategy:
@@ -75,14 +77,15 @@ def check_settings(config: Config) -> tf.distribute.Strategy:
 def prepare_data(config: Config, log: Callable[[str], None] = print) -> ImageSource:
     """Loads the source and checks the settings that depend on it (after check_settings)."""
     with setting_errors(), progress.reporting(config.verbose, config.progress_seconds):
+        index = None if config.reindex_data else workdir_lib.data_index(config.workdir)
         source = load_source(config.data, config.image_size, config.tfds_data_dir, config.synthetic_size,
-                             config.seed)
+                             config.seed, config.max_image_mb, index)
     config_lib.validate_for_data(config, source.num_images)
     check_resumable(config, source.num_images)
     if config.batch_size > source.num_images:
         raise ConfigError("batch_size", f"{config.batch_size} is larger than the {source.num_images} images")
     if source.unreadable:
-        log(f"data: skipped {len(source.unreadable)} unreadable files; first ones: "
+        log(f"data: skipped {len(source.unreadable)} unreadable files or entries; first ones: "
             f"{', '.join(source.unreadable[:UNREADABLE_SHOWN])}")
     for warning in kmeans.warn_small_clusters(source.num_images, config.k, config.super_clusters):
         log(f"warning: {warning}")
@@ -100,10 +103,20 @@ def train(config: Config, source: ImageSource | None = None, log: Callable[[str]
     """
     strategy = strategy or check_settings(config)
     source = source or prepare_data(config, log)
+    chief = distribute.is_chief(strategy)
+    with contextlib.ExitStack() as stack:
+        if chief:  # the other workers of a multi-worker run share the chief's workdir
+            with setting_errors():
+                stack.enter_context(workdir_lib.locked(config.workdir, log))
+        return train_locked(config, source, log, strategy, chief)
+
+
+def train_locked(config: Config, source: ImageSource, log: Callable[[str], None],
+                 strategy: tf.distribute.Strategy, chief: bool) -> dict:
+    """train() once the workdir's lock is held (by the chief)."""
     cache = cache_settings(config, strategy, source.num_images)
     evaluation = evaluation_callback(config, source)
     configure_runtime(config)
-    chief = distribute.is_chief(strategy)
     tables = data.LabelTables(source.num_images, source.num_images)
     with strategy.scope():
         model = build_model(config, sync_batchnorm=strategy.num_replicas_in_sync > 1)
@@ -119,12 +132,13 @@ def train(config: Config, source: ImageSource | None = None, log: Callable[[str]
         workdir_lib.set_aside_damaged_assignments(config.workdir, log)
         record_changes(config, start, log)
         workdir_lib.write_config(config.workdir, config, source.description, source.num_images)
+        if source.index is not None:
+            workdir_lib.save_data_index(config.workdir, source.index)
         write_data_summary(source, workdir_lib.tensorboard_dir(config.workdir, "data"))
     if start != Position(0):
         log(f"resuming {config.workdir} after epoch {start.epoch}" + (f", batch {start.step}" if start.step else ""))
     if start.epoch < config.epochs:
-        single_process = not isinstance(strategy, tf.distribute.MultiWorkerMirroredStrategy)
-        with preemption.sigterm_requests(enabled=single_process) as stop_request, \
+        with preemption.sigterm_requests() as stop_request, \
                 distribute.checkpoint_write_dir(config.workdir, chief) as write_dir, \
                 progress.reporting(config.verbose if chief else 0, config.progress_seconds):
             saver = training_checkpoints if chief else TrainingCheckpoints(
@@ -215,9 +229,10 @@ def run_callbacks(config: Config, source: ImageSource, tables: data.LabelTables,
     return [
         callbacks.StopOnNonFiniteLoss(),
         recluster,
+        callbacks.ReportFailedImages(source, log, UNREADABLE_SHOWN),
         *([evaluation] if evaluation else []),
         *logs,
-        callbacks.CheckpointCallback(training_checkpoints, start, stop_request),
+        callbacks.CheckpointCallback(training_checkpoints, start, stop_request, collective),
     ]
 
 
@@ -244,8 +259,9 @@ def evaluation_callback(config: Config, source: ImageSource) -> EvaluationCallba
         with setting_errors(data_field="eval_data"):
             val_source = load_source(config.eval_data, config.image_size, config.tfds_data_dir,
                                      config.synthetic_size, config.seed + 1)
-        if val_source.labels is None:
-            raise ConfigError("eval_data", f"{val_source.description} has no labels")
+            if val_source.labels is None:
+                raise ConfigError("eval_data", f"{val_source.description} has no labels")
+            val_source = labelled_like(val_source, source)
     return EvaluationCallback(source, val_source, config.eval_every)
 
 

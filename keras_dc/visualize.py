@@ -169,7 +169,8 @@ def visualize_run(workdir: str, selections: list[str], count: int, samples: int,
     config = workdir_lib.read_run(workdir).config
     cycle, assignment = latest_cycle(workdir)
     cluster_ids = assignment.cluster_ids(config.sub_classes)
-    source = load_source(config.data, config.image_size, config.tfds_data_dir, config.synthetic_size, config.seed)
+    source = load_source(config.data, config.image_size, config.tfds_data_dir, config.synthetic_size, config.seed,
+                         config.max_image_mb, workdir_lib.data_index(workdir))  # the run's indices, not today's
     grids = cluster_grids(source, cluster_ids, config.image_size, selections, count, samples, seed)
     for how, entry in grids.items():
         entry["png"] = os.path.join(output_dir, f"{how}.png")

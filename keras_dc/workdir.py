@@ -2,6 +2,8 @@
 
 Layout of a workdir:
     config.json                   every setting of the run (Config), its data and image count
+    data_index.npz                the image files of a folder --data, in index order, with their sizes
+    .lock                         held (flock) by the run using the workdir: its host, pid and start time
     checkpoints/                  tf.train.Checkpoint of model + optimizer, one per epoch
                                   (and one at the current batch on pre-emption)
     assignments/cycle_NNNN.npz    super/sub ids, PCA and statistics of each re-clustering
@@ -26,17 +28,19 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import datetime
+import fcntl
 import glob
 import io
 import json
 import logging
 import os
 import re
+import socket
 import tempfile
 import time
 import zipfile
-from collections.abc import Iterator
-from typing import Callable
+from collections.abc import Callable, Iterator
 
 import numpy as np
 import tensorflow as tf
@@ -44,6 +48,7 @@ import tensorflow as tf
 from keras_dc import hierarchy
 from keras_dc.config import Config
 from keras_dc.pca import PCA
+from keras_dc.sources import DataIndex
 
 
 class WorkdirError(ValueError):
@@ -59,6 +64,10 @@ WRITE_ADVICE = "free space or fix permissions and rerun: the run resumes from it
 
 class Diverged(RuntimeError):
     """Training reached a non-finite loss or state; nothing of that state was saved."""
+
+
+class WorkdirLocked(WorkdirError):
+    """Another run is using the workdir."""
 
 
 def atomic_write_bytes(path: str, payload: bytes) -> None:
@@ -129,6 +138,76 @@ def checkpoints_dir(workdir: str) -> str:
 
 def assignment_path(workdir: str, cycle: int) -> str:
     return os.path.join(workdir, "assignments", f"cycle_{cycle:04d}.npz")
+
+
+def lock_path(workdir: str) -> str:
+    return os.path.join(workdir, ".lock")
+
+
+@contextlib.contextmanager
+def locked(workdir: str, log: Callable[[str], None] = print) -> Iterator[None]:
+    """Holds the workdir's lock while a run uses it; a WorkdirLocked naming the holder when another
+    run holds it. The lock is an flock, so the kernel releases it when its process dies however it
+    dies; the file names the holder (host, pid, start) until the holder releases it, so a lock left
+    by a killed run is taken over with a line that says so."""
+    os.makedirs(workdir, exist_ok=True)
+    try:
+        handle = os.open(lock_path(workdir), os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC, 0o644)
+    except OSError as error:
+        raise WorkdirError(f"cannot open the lock file {lock_path(workdir)}: {error.strerror}") from None
+    try:
+        try:
+            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            raise WorkdirLocked(f"{workdir} is in use by another run ({_holder(handle) or 'holder unknown'}); "
+                                f"wait for it to end or use another workdir") from None
+        previous = _holder(handle)
+        if previous:
+            log(f"workdir: taking over the lock of {previous}, which ended without releasing it")
+        me = {"host": socket.gethostname(), "pid": os.getpid(),
+              "started": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds")}
+        os.ftruncate(handle, 0)
+        os.pwrite(handle, json.dumps(me).encode(), 0)
+        try:
+            yield
+        finally:
+            os.ftruncate(handle, 0)
+    finally:
+        os.close(handle)
+
+
+def _holder(handle: int) -> str:
+    """The holder recorded in an open lock file, in words ("" when none is)."""
+    try:
+        holder = json.loads(os.pread(handle, 4096, 0) or b"null")
+        return f"pid {holder['pid']} on host {holder['host']}, started {holder['started']}" if holder else ""
+    except (ValueError, TypeError, KeyError):
+        return "holder unreadable"
+
+
+def data_index_path(workdir: str) -> str:
+    return os.path.join(workdir, "data_index.npz")
+
+
+def save_data_index(workdir: str, index: DataIndex) -> None:
+    """Records the image files a run indexed (names joined by NUL, which no file name holds)."""
+    names = np.frombuffer("\0".join(index.names).encode("utf-8"), np.uint8)
+    save_npz(data_index_path(workdir), names_utf8=names, file_bytes=np.asarray(index.file_bytes, np.int64))
+
+
+def data_index(workdir: str) -> DataIndex | None:
+    """The image files the workdir's run indexed, or None (not a folder, or a workdir of an older version)."""
+    path = data_index_path(workdir)
+    if not os.path.exists(path):
+        return None
+    try:
+        arrays = load_npz(path)
+        names = tuple(arrays["names_utf8"].tobytes().decode("utf-8").split("\0"))
+    except (OSError, ValueError, KeyError) as error:
+        raise WorkdirError(f"cannot read {path} ({error}); restore it or use another workdir") from None
+    if len(names) != len(arrays["file_bytes"]):
+        raise WorkdirError(f"{path} is damaged: {len(names)} names for {len(arrays['file_bytes'])} sizes")
+    return DataIndex(names, arrays["file_bytes"])
 
 
 def metrics_path(workdir: str) -> str:

@@ -5,8 +5,9 @@
 Arguments after `--` go to the program (tools/train.py unless --program). Each
 worker gets its TF_CONFIG and a share of the CPU threads; its output lines are
 prefixed with [worker i]. The exit status is 0 when every worker succeeds, else
-the first failure's (the other workers are then stopped). For real nodes, see
-docs/scaling.md.
+the first failure's (the other workers are then stopped). SIGTERM is passed on to
+the workers, which save at the same batch and stop; the launcher waits for them
+and exits 143. For real nodes, see docs/scaling.md.
 """
 
 from __future__ import annotations

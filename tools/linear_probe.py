@@ -102,7 +102,7 @@ def workdir_config():
 def load_labelled(flag: str, spec: str, image_size: int, trained):
     """Loads a labelled data set; the workdir's own data spec is read with the workdir's settings."""
     return tool_inputs.load_labelled(flag, spec, image_size, trained, FLAGS.tfds_data_dir, FLAGS.synthetic_size,
-                                     FLAGS.seed)
+                                     FLAGS.seed, FLAGS.workdir)
 
 
 def model_clusters(trained, train_spec: str, num_images: int):
@@ -139,6 +139,7 @@ def run() -> dict:
     settings = settings_from_flags()
     from keras_dc import backbones, probe, workdir
     from keras_dc.config import errors_as_flags
+    from keras_dc.sources import SourceError, labelled_like
 
     with errors_as_flags({workdir.WorkdirError: "workdir"}):
         trained = workdir_config()
@@ -150,6 +151,9 @@ def run() -> dict:
         raise ConfigError("train_data", "is required with --backbone or --random_init")
     train_source = load_labelled("train_data", train_spec, image_size, trained)
     val_source = load_labelled("val_data", FLAGS.val_data, image_size, trained) if FLAGS.val_data else None
+    if val_source is not None:
+        with errors_as_flags({SourceError: "val_data"}):
+            val_source = labelled_like(val_source, train_source)
     names = backbones.conv_tap_layers(backbone, settings.layers)
     clusters = model_clusters(trained, train_spec, train_source.num_images)
     with errors_as_flags({probe.PoolingError: "max_dim", probe.FoldError: "kfold"}):

@@ -65,6 +65,8 @@ HELP = {
                "-1: 1 on a terminal, 2 otherwise.",
     "progress_seconds": "With --verbose=2, seconds between two progress lines of a long stage (folder scan, "
                         "extraction, PCA, k-means); a shorter stage prints none.",
+    "max_image_mb": "Image files larger than this many MB are skipped and reported, never read.",
+    "reindex_data": "Resume on a folder whose files changed: index it again and re-cluster at once (else refused).",
 }
 
 

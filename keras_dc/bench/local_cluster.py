@@ -4,12 +4,15 @@ Each process gets the standard TF_CONFIG (cluster of 127.0.0.1 ports picked by
 binding to port 0, and its own task index), its share of the CPU threads, and
 its output lines prefixed with its worker id. TensorFlow does the rest: the
 processes find each other through TF_CONFIG, as they would on real nodes.
+SIGTERM sent to the launcher is passed on to every worker, which saves and
+stops as a single process does; the launcher waits for them, so none is orphaned.
 """
 
 from __future__ import annotations
 
 import json
 import os
+import signal
 import socket
 import subprocess
 import sys
@@ -18,6 +21,33 @@ import time
 from collections.abc import Callable, Sequence
 
 STOP_GRACE_S = 10.0
+SIGNAL_GRACE_S = 300.0  # how long workers sent SIGTERM may take to save and stop before they are killed
+
+
+class SignalForwarder:
+    """While active, passes SIGTERM on to the workers instead of ending the launcher, and remembers it."""
+
+    def __init__(self, processes: list[subprocess.Popen]):
+        self.processes = processes
+        self.signum: int | None = None
+        self.deadline = 0.0
+
+    def __call__(self, signum, frame) -> None:
+        if self.signum is None:
+            self.deadline = time.monotonic() + SIGNAL_GRACE_S
+        self.signum = signum
+        for process in self.processes:
+            if process.poll() is None:
+                process.send_signal(signum)
+
+    def __enter__(self) -> SignalForwarder:
+        in_main = threading.current_thread() is threading.main_thread()  # Python handles signals only there
+        self._previous = signal.signal(signal.SIGTERM, self) if in_main else None
+        return self
+
+    def __exit__(self, *error) -> None:
+        if self._previous is not None:
+            signal.signal(signal.SIGTERM, self._previous)
 
 
 def free_ports(count: int) -> list[int]:
@@ -53,35 +83,46 @@ def _relay(stream, prefix: str, write: Callable[[str], None]) -> None:
 def run_local_cluster(command: Sequence[str], workers: int, threads: int = 0,
                       write: Callable[[str], None] = print) -> int:
     """Runs `command` as `workers` local workers and waits; when one fails the others are stopped
-    (they would wait forever in a collective). Returns 0, or the first failing exit status."""
+    (they would wait forever in a collective). Returns 0, or the first failing exit status; after
+    SIGTERM (passed on to the workers, then waited for), 128 + 15 as a process it had ended."""
     if workers < 1:
         raise ValueError(f"workers must be >= 1, got {workers}")
     threads = threads or max(1, (os.cpu_count() or 1) // workers)
     ports = free_ports(workers)
     processes, relays = [], []
-    for index in range(workers):
-        process = subprocess.Popen(list(command), env=worker_environment(ports, index, threads), text=True,
-                                   stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
-        relay = threading.Thread(target=_relay, args=(process.stdout, f"[worker {index}] ", write), daemon=True)
-        relay.start()
-        processes.append(process)
-        relays.append(relay)
-    status = _wait_all(processes)
+    with SignalForwarder(processes) as forwarder:
+        for index in range(workers):
+            process = subprocess.Popen(list(command), env=worker_environment(ports, index, threads), text=True,
+                                       stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+            processes.append(process)
+            if forwarder.signum is not None:  # arrived while the workers were being started
+                process.send_signal(forwarder.signum)
+            relay = threading.Thread(target=_relay, args=(process.stdout, f"[worker {index}] ", write), daemon=True)
+            relay.start()
+            relays.append(relay)
+        status = _wait_all(processes, forwarder)
     for relay in relays:
         relay.join()
     return status
 
 
-def _wait_all(processes: list[subprocess.Popen]) -> int:
-    """Waits for every process; on the first non-zero exit, stops the ones still running."""
+def _wait_all(processes: list[subprocess.Popen], forwarder: SignalForwarder) -> int:
+    """Waits for every process; on the first non-zero exit, stops the ones still running. Once a signal
+    was forwarded, waits for all of them to save and stop (killing them after SIGNAL_GRACE_S)."""
     while True:
         codes = [process.poll() for process in processes]
-        failed = [code for code in codes if code not in (None, 0)]
-        if failed:
-            _stop(processes)
-            return failed[0]
-        if all(code == 0 for code in codes):
-            return 0
+        if forwarder.signum is not None:
+            if all(code is not None for code in codes):
+                return 128 + forwarder.signum
+            if time.monotonic() > forwarder.deadline:
+                _stop(processes)
+        else:
+            failed = [code for code in codes if code not in (None, 0)]
+            if failed:
+                _stop(processes)
+                return failed[0]
+            if all(code == 0 for code in codes):
+                return 0
         time.sleep(0.2)
 
 

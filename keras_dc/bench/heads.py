@@ -19,7 +19,7 @@ import numpy as np
 import keras_dc  # noqa: F401  (selects the TensorFlow backend)
 import keras
 
-from keras_dc import memory_plan, pca
+from keras_dc import memory_plan, optimizer as optimizer_lib, pca
 from keras_dc.bench import benchmark
 from keras_dc.config import Config
 from keras_dc.model import DeeperClusterModel
@@ -87,7 +87,7 @@ def step_memory_figures(k: int, super_clusters: int, dim: int, rotation: bool, b
     start = _rss()
     model = DeeperClusterModel(backbone, config.super_classes, config.sub_classes)
     built = _rss()
-    model.compile(keras.optimizers.SGD(config.lr, momentum=config.momentum, weight_decay=config.weight_decay))
+    model.compile(optimizer_lib.SGD(config.lr, momentum=config.momentum, weight_decay=config.weight_decay))
     model.optimizer.build(model.trainable_variables)
     slots = _rss()
     rng = np.random.default_rng(0)

@@ -28,7 +28,7 @@ runpy.run_path(sys.argv[0], run_name="__main__")
 # name: (extra flags, text the error line must contain); {tmp} is a folder of the test. Flag syntax
 # errors (the last three) stop in absl's parser, the others in keras_dc's checks.
 CASES = {
-    "unknown_backbone": (["--arch=resnet50"], "--arch"),
+    "unknown_backbone": (["--arch=resnet18"], "--arch"),
     "k_below_1": (["--k=0"], "--k"),
     "k_not_divisible_by_m": (["--k=10", "--super_clusters=4"], "--k"),
     "k_above_images": (["--k=200"], "--k"),

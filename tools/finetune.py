@@ -16,7 +16,7 @@ import os
 
 from absl import app, flags, logging
 
-from keras_dc import tool_inputs
+from keras_dc import cli, tool_inputs
 from keras_dc.config import STRATEGIES, ConfigError, result_or_exit
 
 FLAGS = flags.FLAGS
@@ -123,6 +123,11 @@ def main(argv: list[str]) -> None:
         print(f"report: {FLAGS.output}")
 
 
-if __name__ == "__main__":
+def entry_point() -> None:
+    """The program, run as `python tools/finetune.py` or as the console script `keras-dc-finetune`."""
     define_flags()
-    app.run(main)
+    cli.run(main, __name__)
+
+
+if __name__ == "__main__":
+    entry_point()

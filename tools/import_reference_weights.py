@@ -14,6 +14,7 @@ import os
 
 from absl import app, flags, logging
 
+from keras_dc import cli
 from keras_dc.config import ConfigError, result_or_exit
 
 FLAGS = flags.FLAGS
@@ -60,6 +61,12 @@ def main(argv: list[str]) -> None:
     print(f"backbone: {path}")
 
 
-if __name__ == "__main__":
+def entry_point() -> None:
+    """The program, run as `python tools/import_reference_weights.py` or as the console script
+    `keras-dc-import-reference-weights`."""
     define_flags()
-    app.run(main)
+    cli.run(main, __name__)
+
+
+if __name__ == "__main__":
+    entry_point()

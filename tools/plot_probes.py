@@ -13,6 +13,7 @@ import os
 
 from absl import app, flags, logging
 
+from keras_dc import cli
 from keras_dc.config import ConfigError, result_or_exit
 
 FLAGS = flags.FLAGS
@@ -59,6 +60,11 @@ def main(argv: list[str]) -> None:
     print(f"plot: {path}")
 
 
-if __name__ == "__main__":
+def entry_point() -> None:
+    """The program, run as `python tools/plot_probes.py` or as the console script `keras-dc-plot-probes`."""
     define_flags()
-    app.run(main)
+    cli.run(main, __name__)
+
+
+if __name__ == "__main__":
+    entry_point()

@@ -25,10 +25,13 @@ def define_flags(flags, verb: str) -> None:
     flags.DEFINE_integer("synthetic_size", 512, "Images of --train_data/--val_data=synthetic.")
 
 
-def check_one_backbone(workdir: str, backbone: str, random_init: bool) -> None:
-    """Exactly one of --workdir, --backbone and --random_init says where the network comes from."""
+def check_inputs(workdir: str, backbone: str, random_init: bool, val_fraction: float) -> None:
+    """Exactly one of --workdir, --backbone and --random_init says where the network comes from, and
+    --val_fraction is a fraction."""
     if sum([bool(workdir), bool(backbone), random_init]) != 1:
         raise ConfigError("workdir", "give exactly one of --workdir, --backbone and --random_init")
+    if not 0 < val_fraction < 1:
+        raise ConfigError("val_fraction", f"must be in (0, 1), got {val_fraction}")
 
 
 def load_backbone(workdir: str, backbone: str, random_init: bool, arch: str, image_size: int, sobel: bool,
@@ -68,3 +71,31 @@ def load_labelled(flag: str, spec: str, image_size: int, trained: Config | None,
     if source.labels is None:
         raise ConfigError(flag, f"{source.description} has no labels; this tool needs labelled images")
     return source
+
+
+def trained_config(workdir: str) -> Config | None:
+    """The Config the workdir was trained with, or None without one."""
+    from keras_dc import workdir as workdir_lib
+
+    with errors_as_flags({workdir_lib.WorkdirError: "workdir"}):
+        return workdir_lib.read_run(workdir).config if workdir else None
+
+
+def load_train_val(train_data: str, val_data: str, image_size: int, trained: Config | None, tfds_data_dir: str,
+                   synthetic_size: int, seed: int, workdir: str = ""):
+    """The labelled training set (default: the workdir's own data) and the validation set, or None without
+    `val_data`; validation classes are numbered as training's, matched by name (sources.labelled_like)."""
+    from keras_dc.sources import SourceError, labelled_like
+
+    def load(flag: str, spec: str):
+        return load_labelled(flag, spec, image_size, trained, tfds_data_dir, synthetic_size, seed, workdir)
+
+    train_spec = train_data or (trained.data if trained else "")
+    if not train_spec:
+        raise ConfigError("train_data", "is required with --backbone or --random_init")
+    train = load("train_data", train_spec)
+    if not val_data:
+        return train, None
+    val = load("val_data", val_data)
+    with errors_as_flags({SourceError: "val_data"}):
+        return train, labelled_like(val, train)

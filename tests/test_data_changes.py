@@ -66,6 +66,19 @@ def test_probe_matches_validation_classes_by_name_and_refuses_unknown_ones(tmp_p
     assert last_line(refused).startswith("error: --val_data: class 'z'") and "Traceback" not in refused.stderr
 
 
+def test_evaluation_tools_share_the_class_matching_of_their_validation_data(tmp_path):
+    from keras_dc import tool_inputs
+    from keras_dc.config import ConfigError
+
+    train = make_folder(tmp_path / "train", "abc", 2)
+    val = make_folder(tmp_path / "val", "bc", 2)
+    _, matched = tool_inputs.load_train_val(str(train), str(val), 16, None, "", 0, 0)
+    assert matched.class_names == ("a", "b", "c") and sorted(set(matched.labels)) == [1, 2]
+    os.rename(val / "c", val / "z")
+    with pytest.raises(ConfigError, match="val_data"):
+        tool_inputs.load_train_val(str(train), str(val), 16, None, "", 0, 0)
+
+
 HOSTILE_SCRIPT = """
 import json, sys
 from keras_dc import sources

@@ -43,7 +43,7 @@ def define_flags() -> None:
 
 def settings_from_flags():
     """The fine-tuning settings the flags describe; raises ConfigError naming a wrong flag (before TF loads)."""
-    tool_inputs.check_one_backbone(FLAGS.workdir, FLAGS.backbone, FLAGS.random_init)
+    tool_inputs.check_inputs(FLAGS.workdir, FLAGS.backbone, FLAGS.random_init, FLAGS.val_fraction)
     for flag in ("epochs", "batch_size", "image_size", "lr"):
         if FLAGS[flag].value <= 0:
             raise ConfigError(flag, f"must be positive, got {FLAGS[flag].value}")
@@ -52,8 +52,6 @@ def settings_from_flags():
         raise ConfigError(flag, f"out of range: {FLAGS[flag].value}")
     if not 0 < FLAGS.min_crop_scale <= 1:
         raise ConfigError("min_crop_scale", f"must be in (0, 1], got {FLAGS.min_crop_scale}")
-    if not 0 < FLAGS.val_fraction < 1:
-        raise ConfigError("val_fraction", f"must be in (0, 1), got {FLAGS.val_fraction}")
     if FLAGS.strategy not in STRATEGIES or FLAGS.strategy == "multi_worker":
         raise ConfigError("strategy", f"unknown value {FLAGS.strategy!r}; choose auto, default, one_device or mirrored")
     from keras_dc.finetune import FinetuneSettings
@@ -69,16 +67,9 @@ def data_split(image_size: int, trained):
 
     from keras_dc import finetune, probe
 
-    def labelled(flag, spec):
-        return tool_inputs.load_labelled(flag, spec, image_size, trained, FLAGS.tfds_data_dir,
-                                         FLAGS.synthetic_size, FLAGS.seed)
-
-    train_spec = FLAGS.train_data or (trained.data if trained else "")
-    if not train_spec:
-        raise ConfigError("train_data", "is required with --backbone or --random_init")
-    train = labelled("train_data", train_spec)
-    if FLAGS.val_data:
-        val = labelled("val_data", FLAGS.val_data)
+    train, val = tool_inputs.load_train_val(FLAGS.train_data, FLAGS.val_data, image_size, trained,
+                                            FLAGS.tfds_data_dir, FLAGS.synthetic_size, FLAGS.seed, FLAGS.workdir)
+    if val is not None:
         return finetune.Split(train, np.arange(train.num_images), val, np.arange(val.num_images))
     train_rows, val_rows = probe.holdout(train.labels, FLAGS.val_fraction, FLAGS.seed)
     return finetune.Split(train, train_rows, train, val_rows)
@@ -90,8 +81,7 @@ def run() -> dict:
     from keras_dc import distribute, finetune, workdir
     from keras_dc.config import errors_as_flags
 
-    with errors_as_flags({workdir.WorkdirError: "workdir"}):
-        trained = workdir.read_run(FLAGS.workdir).config if FLAGS.workdir else None
+    trained = tool_inputs.trained_config(FLAGS.workdir)
     strategy = distribute.get_strategy(FLAGS.strategy)
     with strategy.scope():
         backbone, description = tool_inputs.load_backbone(FLAGS.workdir, FLAGS.backbone, FLAGS.random_init,

@@ -58,7 +58,7 @@ def settings_from_flags():
         for flag, value in REFERENCE_DEFAULTS.items():
             if not FLAGS[flag].present:
                 FLAGS[flag].value = value
-    tool_inputs.check_one_backbone(FLAGS.workdir, FLAGS.backbone, FLAGS.random_init)
+    tool_inputs.check_inputs(FLAGS.workdir, FLAGS.backbone, FLAGS.random_init, FLAGS.val_fraction)
     try:
         lrs = tuple(float(lr) for lr in FLAGS.lrs)
     except ValueError:
@@ -77,8 +77,6 @@ def settings_from_flags():
     if FLAGS.kmeans_k < 0 or FLAGS.knn_temperature <= 0:
         flag = "kmeans_k" if FLAGS.kmeans_k < 0 else "knn_temperature"
         raise ConfigError(flag, f"out of range: {FLAGS[flag].value}")
-    if not 0 < FLAGS.val_fraction < 1:
-        raise ConfigError("val_fraction", f"must be in (0, 1), got {FLAGS.val_fraction}")
     from keras_dc.backbones import TAP_CHOICES
     from keras_dc.probe import EvaluationSettings, ProbeSettings
 
@@ -92,24 +90,11 @@ def settings_from_flags():
                               kmeans_pca_dim=FLAGS.kmeans_pca_dim, probe=probe)
 
 
-def workdir_config():
-    """The Config the workdir was trained with, or None without --workdir."""
-    from keras_dc import workdir
-
-    return workdir.read_run(FLAGS.workdir).config if FLAGS.workdir else None
-
-
-def load_labelled(flag: str, spec: str, image_size: int, trained):
-    """Loads a labelled data set; the workdir's own data spec is read with the workdir's settings."""
-    return tool_inputs.load_labelled(flag, spec, image_size, trained, FLAGS.tfds_data_dir, FLAGS.synthetic_size,
-                                     FLAGS.seed, FLAGS.workdir)
-
-
-def model_clusters(trained, train_spec: str, num_images: int):
+def model_clusters(trained, num_images: int):
     """The workdir's latest cluster ids when the probe's training data is the training data, else None."""
     from keras_dc import workdir
 
-    if trained is None or train_spec != trained.data:
+    if trained is None or FLAGS.train_data not in ("", trained.data):
         return None
     latest = workdir.latest_assignment(FLAGS.workdir)
     if latest is None or len(latest[1].super_ids) != num_images:
@@ -139,23 +124,16 @@ def run() -> dict:
     settings = settings_from_flags()
     from keras_dc import backbones, probe, workdir
     from keras_dc.config import errors_as_flags
-    from keras_dc.sources import SourceError, labelled_like
 
-    with errors_as_flags({workdir.WorkdirError: "workdir"}):
-        trained = workdir_config()
+    trained = tool_inputs.trained_config(FLAGS.workdir)
     backbone, description = tool_inputs.load_backbone(FLAGS.workdir, FLAGS.backbone, FLAGS.random_init,
                                                       FLAGS.arch, FLAGS.image_size, FLAGS.sobel, FLAGS.seed)
     image_size = backbone.input_shape[1]
-    train_spec = FLAGS.train_data or (trained.data if trained else "")
-    if not train_spec:
-        raise ConfigError("train_data", "is required with --backbone or --random_init")
-    train_source = load_labelled("train_data", train_spec, image_size, trained)
-    val_source = load_labelled("val_data", FLAGS.val_data, image_size, trained) if FLAGS.val_data else None
-    if val_source is not None:
-        with errors_as_flags({SourceError: "val_data"}):
-            val_source = labelled_like(val_source, train_source)
+    train_source, val_source = tool_inputs.load_train_val(
+        FLAGS.train_data, FLAGS.val_data, image_size, trained, FLAGS.tfds_data_dir, FLAGS.synthetic_size,
+        FLAGS.seed, FLAGS.workdir)
     names = backbones.conv_tap_layers(backbone, settings.layers)
-    clusters = model_clusters(trained, train_spec, train_source.num_images)
+    clusters = model_clusters(trained, train_source.num_images)
     with errors_as_flags({probe.PoolingError: "max_dim", probe.FoldError: "kfold"}):
         report = probe.evaluate_backbone(backbone, names, train_source, val_source, settings, clusters)
         baseline = (probe.per_layer_baseline(backbone, names, train_source, val_source, settings)

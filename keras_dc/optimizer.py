@@ -2,8 +2,11 @@
 
     g <- g + weight_decay * w;  buf <- momentum * buf + g;  w <- w - lr * buf
 
-The last two lines run as TensorFlow's fused `ResourceApplyMomentum` kernel: the same update in
-one pass, without temporaries (its rounding differs from separate ops in the last bits).
+With momentum it runs as two in-place kernels, so that a step allocates nothing of a variable's
+size (at the paper's heads, 21 GB, a temporary `g + weight_decay * w` per head would be gigabytes):
+`buf <- buf + (weight_decay / momentum) * w` (`ResourceApplyGradientDescent`, reading w where it
+lies), then TensorFlow's fused `ResourceApplyMomentum`: `buf <- momentum * buf + g; w <- w - lr * buf`.
+The rounding differs from separate element-wise ops in the last bits.
 
 Keras' own `weight_decay` is decoupled (w <- w - lr * wd * w outside the momentum),
 about 10x weaker at momentum 0.9 than the reference's; it stays available with
@@ -31,18 +34,23 @@ class SGD(keras.optimizers.SGD):
         self.decoupled = decoupled
 
     def update_step(self, gradient, variable, learning_rate):
-        learning_rate = ops.cast(learning_rate, variable.dtype)
-        gradient = ops.cast(gradient, variable.dtype)
-        if self.l2:
-            gradient = ops.add(gradient, ops.multiply(variable, ops.cast(self.l2, variable.dtype)))
+        dtype = variable.dtype
+        learning_rate = ops.cast(learning_rate, dtype)
+        gradient = ops.cast(gradient, dtype)
         if not self.momentum:
+            if self.l2:
+                gradient = ops.add(gradient, ops.multiply(variable, ops.cast(self.l2, dtype)))
             self.assign_sub(variable, ops.multiply(gradient, learning_rate))
             return
-        buffer = self.momentums[self._get_variable_index(variable)]
-        # One pass over weight and buffer, no temporaries of the variable's size: at the paper's
-        # heads (21 GB) separate element-wise ops would hold several such copies at once.
-        tf.raw_ops.ResourceApplyMomentum(var=_handle(variable), accum=_handle(buffer), lr=learning_rate,
-                                         grad=gradient, momentum=ops.cast(self.momentum, variable.dtype))
+        momentum = ops.cast(self.momentum, dtype)
+        weight, buffer = _handle(variable), _handle(self.momentums[self._get_variable_index(variable)])
+        if self.l2:
+            # momentum * (buf + l2 / momentum * w) + g == momentum * buf + (g + l2 * w): torch's update.
+            tf.raw_ops.ResourceApplyGradientDescent(
+                var=buffer, alpha=-ops.cast(self.l2, dtype) / momentum,
+                delta=tf.raw_ops.ReadVariableOp(resource=weight, dtype=dtype))
+        tf.raw_ops.ResourceApplyMomentum(var=weight, accum=buffer, lr=learning_rate, grad=gradient,
+                                         momentum=momentum)
 
     def get_config(self):
         config = super().get_config()

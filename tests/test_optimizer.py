@@ -48,3 +48,11 @@ def test_config_round_trip_keeps_the_decay_mode():
         optimizer = SGD(learning_rate=0.1, momentum=0.9, weight_decay=1e-4, decoupled=decoupled)
         copy = SGD.from_config(optimizer.get_config())
         assert (copy.l2, copy.decoupled, copy.weight_decay) == (optimizer.l2, decoupled, optimizer.weight_decay)
+
+
+def test_matches_torch_sgd_without_momentum():
+    rng = np.random.default_rng(1)
+    w = rng.normal(size=(4, 2)).astype(np.float32)
+    gradients = [rng.normal(size=w.shape).astype(np.float32) for _ in range(3)]
+    expected, _ = _torch_sgd(w.astype(np.float64), gradients, 0.1, 0.0, 0.05)
+    np.testing.assert_allclose(_run(SGD(learning_rate=0.1, weight_decay=0.05), w, gradients), expected, rtol=1e-5)

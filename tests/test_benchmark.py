@@ -10,7 +10,9 @@ REQUIRED = ("input_pipeline_ratio", "extraction_vs_predict", "clustering_vs_fais
             "bf16_speedup", "matmul_utilization", "recluster_vs_epoch", "dc_images_per_s",
             "dc_cached_images_per_s", "plain_keras_images_per_s", "extraction_images_per_s",
             "predict_images_per_s", "clustering_s", "bare_faiss_s", "recluster_s", "epoch_s",
-            "float32_images_per_s", "bf16_images_per_s", "train_flops_per_image", "matmul_flops_per_s")
+            "float32_images_per_s", "bf16_images_per_s", "train_flops_per_image", "matmul_flops_per_s",
+            "heads_step_ratio", "step_vs_plain_keras_large_heads", "large_heads_update_vs_plain_step",
+            "pca_vs_faiss_small_n")
 
 
 def test_benchmark_smoke_run_writes_every_field(tmp_path):

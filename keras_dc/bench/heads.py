@@ -20,7 +20,7 @@ import tensorflow as tf
 import keras_dc  # noqa: F401  (selects the TensorFlow backend)
 import keras
 
-from keras_dc import memory_plan, optimizer as optimizer_lib, pca
+from keras_dc import memory_plan, optimizer as optimizer_lib, pca, train
 from keras_dc.bench import benchmark
 from keras_dc.config import Config
 from keras_dc.model import DeeperClusterModel
@@ -43,7 +43,20 @@ def heads_step_figures(small: Config, source: ImageSource, steps: int) -> dict[s
     for _ in range(benchmark.ROUNDS):
         for name, (model, dataset) in runs.items():
             rates[name] = max(rates[name], benchmark._fit_rate(model, dataset, small.batch_size))
-    return {f"{name}_images_per_s": rate for name, rate in rates.items()}
+    return {**{f"{name}_images_per_s": rate for name, rate in rates.items()},
+            "plain_1000_step_s": small.batch_size / rates["plain_1000"],
+            "large_heads_update_s": heads_update_seconds(configs["large_heads"])}
+
+
+def heads_update_seconds(config: Config, repeats: int = 10) -> float:
+    """Seconds of the optimizer's update of the sub-class heads alone (random gradients): the part of a
+    step whose bytes grow with S x units, whatever the batch, since every head moves every step."""
+    model = train.build_model(config)
+    variables = model.get_layer("sub_heads").trainable_variables
+    gradients = [tf.random.normal(variable.shape) for variable in variables]
+    update = tf.function(lambda: model.optimizer.apply(gradients, variables))
+    update()
+    return benchmark._best_seconds(lambda: (update(), variables[0].numpy()), repeats=repeats)[0]
 
 
 def pca_small_n_figures(rows: int = 512, dim: int = 4096, pca_dim: int = 256) -> dict[str, float]:

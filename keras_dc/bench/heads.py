@@ -123,7 +123,8 @@ def step_memory_figures(k: int, super_clusters: int, dim: int, rotation: bool, b
             "planned_slots_bytes": figures["optimizer_slots"], "planned_gradient_bytes": figures["gradients"],
             "live_weights_bytes": live_built - live_start, "live_slots_bytes": live_steady - live_built,
             "live_step_extra_bytes": live_peak - live_steady,
-            "rss_weights_and_slots_bytes": steady - start, "rss_step_extra_bytes": peak - steady,
+            "rss_weights_bytes": built - start, "rss_weights_and_slots_bytes": steady - start,
+            "rss_step_extra_bytes": peak - steady,
             "rss_before_model_bytes": start, "peak_rss_bytes": peak, "peak_over_plan": (peak - start) / planned}
 
 

@@ -57,8 +57,9 @@ def describe(config: Config, replicas: int, figures: dict[str, int]) -> str:
         f"S={config.super_classes} heads x {config.sub_classes} outputs; {replicas} replica(s), "
         f"batch {config.batch_size // replicas} per replica, {config.precision}",
         "per replica (each replica holds the whole model):",
-        *(f"  {key:34s} {_gb(figures[key])}" for key in
-          ("body", "heads", "optimizer_slots", "gradients", "activations")),
+        *(f"  {key:34s} {_gb(figures[key])}" for key in ("body", "heads", "optimizer_slots")),
+        f"  {'gradients':34s} {_gb(figures['gradients'])}  (at most: all alive at once)",
+        f"  {'activations':34s} {_gb(figures['activations'])}",
         f"  {'total':34s} {_gb(device)}",
         "per worker (host memory and disk):",
         f"  {'feature cache, per 1M images':34s} {_gb(figures['feature_cache_per_million_images'])}"

@@ -20,7 +20,7 @@ import tensorflow as tf
 import keras_dc  # noqa: F401  (selects the TensorFlow backend)
 import keras
 
-from keras_dc import memory_plan, optimizer as optimizer_lib, pca, train
+from keras_dc import memory_plan, optimizer as optimizer_lib, pca
 from keras_dc.bench import benchmark
 from keras_dc.config import Config
 from keras_dc.model import DeeperClusterModel
@@ -45,13 +45,13 @@ def heads_step_figures(small: Config, source: ImageSource, steps: int) -> dict[s
             rates[name] = max(rates[name], benchmark._fit_rate(model, dataset, small.batch_size))
     return {**{f"{name}_images_per_s": rate for name, rate in rates.items()},
             "plain_1000_step_s": small.batch_size / rates["plain_1000"],
-            "large_heads_update_s": heads_update_seconds(configs["large_heads"])}
+            "large_heads_update_s": heads_update_seconds(runs["large_heads"][0])}
 
 
-def heads_update_seconds(config: Config, repeats: int = 10) -> float:
-    """Seconds of the optimizer's update of the sub-class heads alone (random gradients): the part of a
-    step whose bytes grow with S x units, whatever the batch, since every head moves every step."""
-    model = train.build_model(config)
+def heads_update_seconds(model: DeeperClusterModel, repeats: int = 10) -> float:
+    """Seconds of the optimizer's update of the sub-class heads alone (random gradients; the model's
+    weights move): the part of a step whose bytes grow with S x units, whatever the batch, since every
+    head moves every step."""
     variables = model.get_layer("sub_heads").trainable_variables
     gradients = [tf.random.normal(variable.shape) for variable in variables]
     update = tf.function(lambda: model.optimizer.apply(gradients, variables))
@@ -90,9 +90,10 @@ def _reset_peak() -> None:
         handle.write("5")
 
 
-def _live_bytes() -> int:
-    """Bytes of tensors TensorFlow's CPU allocator holds now: the exact size of what is alive."""
-    return tf.config.experimental.get_memory_info("CPU:0")["current"]
+def _live_bytes(which: str = "current") -> int:
+    """Bytes of tensors TensorFlow's CPU allocator holds now ("current": the exact size of what is
+    alive) or held at most since the last reset ("peak")."""
+    return tf.config.experimental.get_memory_info("CPU:0")[which]
 
 
 def step_memory_figures(k: int, super_clusters: int, dim: int, rotation: bool, batch: int = 32,
@@ -117,7 +118,7 @@ def step_memory_figures(k: int, super_clusters: int, dim: int, rotation: bool, b
     _reset_peak()
     tf.config.experimental.reset_memory_stats("CPU:0")
     model.fit(images, targets, batch_size=batch, epochs=steps, verbose=0)
-    peak, live_peak = _peak_rss(), tf.config.experimental.get_memory_info("CPU:0")["peak"]
+    peak, live_peak = _peak_rss(), _live_bytes("peak")
     planned = figures["heads"] + figures["optimizer_slots"] + figures["gradients"] + figures["body"]
     return {"planned_weights_bytes": figures["heads"] + figures["body"],
             "planned_slots_bytes": figures["optimizer_slots"], "planned_gradient_bytes": figures["gradients"],

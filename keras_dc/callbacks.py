@@ -18,6 +18,7 @@ from keras_dc.config import Config
 from keras_dc.data import LabelTables
 from keras_dc.distribute import Collective
 from keras_dc.feature_cache import CacheSettings
+from keras_dc.head_groups import HeadLayout
 from keras_dc.preemption import Preempted, StopRequest
 from keras_dc.sources import ImageSource
 from keras_dc.workdir import Assignment, Position, TrainingCheckpoints
@@ -36,8 +37,9 @@ class ReclusterCallback(keras.callbacks.Callback):
     def __init__(self, config: Config, source: ImageSource, tables: LabelTables, workdir: str,
                  log: Callable[[str], None] = print, writer: tf.summary.SummaryWriter | None = None,
                  resumed_mid_epoch: int | None = None, collective: Collective | None = None,
-                 cache: CacheSettings | None = None):
+                 cache: CacheSettings | None = None, layout: HeadLayout | None = None):
         super().__init__()
+        self.layout = layout or HeadLayout(config.super_classes)
         self.collective = collective or Collective()
         self.cache = cache
         self.config = config
@@ -109,8 +111,15 @@ class ReclusterCallback(keras.callbacks.Callback):
         return self.assignment.cluster_ids(self.config.sub_classes)
 
     def _draw_plan(self, epoch: int) -> None:
-        indices, rotations = sampling.epoch_plan(self.config.sampling, self.cluster_ids, self.config.k,
-                                                 self.tables.plan_size, self.config.seed, epoch, self.config.rotation)
+        """The epoch's plan: of all images, or of the images of this replica's group's super-classes."""
+        config = self.config
+        if self.layout.grouped:
+            indices, rotations = sampling.group_epoch_plan(
+                config.sampling, self.assignment.super_ids, self.cluster_ids, config.k, self.tables.plan_size,
+                config.seed, epoch, config.rotation, self.layout.owned)
+        else:
+            indices, rotations = sampling.epoch_plan(config.sampling, self.cluster_ids, config.k,
+                                                     self.tables.plan_size, config.seed, epoch, config.rotation)
         self.tables.set_plan(indices, rotations, epoch)
 
     def _report(self, cycle: int) -> None:

@@ -29,7 +29,7 @@ MAX_IMAGE_MB = 64.0  # larger image files are skipped: a photo is a few MB, a 1 
 # assignments (cycle n covers epochs n*T..) or of a mid-epoch position (counted
 # in batches): a workdir written with other values cannot be resumed.
 RESUME_KEYS = ("data", "arch", "image_size", "k", "super_clusters", "rotation", "sobel", "seed",
-               "reassign_every", "batch_size")
+               "reassign_every", "batch_size", "head_groups")
 # Not a setting of the run: a workdir may be moved.
 NOT_SETTINGS = ("workdir",)
 MAX_SEED = 2**32 - 1  # numpy's and Keras' global seeds are 32-bit
@@ -98,6 +98,7 @@ class Config:
     flip: bool = True
     seed: int = 0
     strategy: str = "auto"
+    head_groups: str = "1"  # or "auto"; resolved against the replicas by keras_dc.train.check_settings
     precision: str = "float32"
     jit_compile: bool = False
     deterministic: bool = True
@@ -158,6 +159,22 @@ def validate(config: Config) -> None:
     _check_choice("strategy", config.strategy, STRATEGIES)
     _check_choice("verbose", config.verbose, VERBOSITIES)
     _check_choice("feature_cache_dtype", config.feature_cache_dtype, CACHE_DTYPES)
+    _check_head_groups(config)
+
+
+def _check_head_groups(config: Config) -> None:
+    """What --head_groups needs besides the replicas (checked once the strategy is known)."""
+    from keras_dc import head_groups
+
+    with errors_as_flags({head_groups.GroupError: "head_groups"}):
+        groups = head_groups.parse(config.head_groups, config.super_classes)
+    if groups == 1:
+        return
+    for flag, refused in (("decoupled_weight_decay", config.decoupled_weight_decay),
+                          ("precision", config.precision == "mixed_float16"), ("jit_compile", config.jit_compile)):
+        if refused:
+            raise ConfigError(flag, f"is not supported with --head_groups={config.head_groups}: a group's heads "
+                              f"are updated with torch's coupled decay, without loss scaling or XLA")
 
 
 def _check_numbers(config: Config) -> None:

@@ -167,13 +167,14 @@ def training_dataset(source: ImageSource, tables: LabelTables, image_size: int, 
 
 
 def distributed_training_dataset(strategy: tf.distribute.Strategy, make: Callable[..., tf.data.Dataset],
-                                 global_batch_size: int) -> tf.distribute.DistributedDataset:
+                                 global_batch_size: int, shard: tuple[int, int] | None = None
+                                 ) -> tf.distribute.DistributedDataset:
     """What `make(batch_size=, shard=)` builds (training_dataset with its other arguments bound), once
-    per input pipeline: each reads its own shard of the epoch plan in per-replica batches, so that a
-    step consumes global_batch_size distinct examples."""
+    per input pipeline: each reads its own shard of the epoch plan (`shard`, else the pipeline's place
+    among all) in per-replica batches, so that a step consumes global_batch_size distinct examples."""
     def pipeline(context: tf.distribute.InputContext) -> tf.data.Dataset:
         return make(batch_size=context.get_per_replica_batch_size(global_batch_size),
-                    shard=(context.input_pipeline_id, context.num_input_pipelines))
+                    shard=shard or (context.input_pipeline_id, context.num_input_pipelines))
 
     return strategy.distribute_datasets_from_function(pipeline)
 

@@ -27,26 +27,38 @@ HEAD_INIT_STDDEV = 0.01
 class RoutedDense(keras.layers.Layer):
     """`num_heads` dense layers of `units` outputs; inputs are [features, routes]."""
 
-    def __init__(self, num_heads: int, units: int, **kwargs):
+    def __init__(self, num_heads: int, units: int, first_head: int = 0, momentum_slots: bool = False, **kwargs):
         super().__init__(**kwargs)
         self.num_heads = num_heads
         self.units = units
+        self.first_head = first_head
+        self.momentum_slots = momentum_slots
 
     def build(self, input_shape):
         features_shape = input_shape[0]
         dim = int(features_shape[-1])
         init = keras.initializers.RandomNormal(stddev=HEAD_INIT_STDDEV)
         self.kernels = [self.add_weight(name=f"kernel_{head}", shape=(dim, self.units), initializer=init)
-                        for head in range(self.num_heads)]
+                        for head in self.heads]
         self.biases = [self.add_weight(name=f"bias_{head}", shape=(self.units,), initializer="zeros")
-                       for head in range(self.num_heads)]
+                       for head in self.heads]
+        # The heads of a group of replicas (heads owned by groups) are updated by the train step itself,
+        # outside Keras' optimizer, which would all-reduce them: their momentum lives here.
+        self.momentums = [self.add_weight(name=f"momentum_{variable.name}", shape=variable.shape,
+                                          initializer="zeros", trainable=False)
+                          for variable in self.trainable_weights] if self.momentum_slots else []
+
+    @property
+    def heads(self) -> range:
+        """Global indices of the heads this layer holds (all S, or those of one group of replicas)."""
+        return range(self.first_head, self.first_head + self.num_heads)
 
     def call(self, inputs):
         features, routes = inputs
         features = tf.cast(features, self.compute_dtype)
         if self.num_heads == 1:
             return _matmul(features, self.kernels[0]) + self.biases[0]
-        routes = tf.cast(routes, tf.int32)
+        routes = tf.cast(routes, tf.int32) - self.first_head
         parts = tf.dynamic_partition(features, routes, self.num_heads)
         positions = tf.dynamic_partition(tf.range(tf.shape(features)[0]), routes, self.num_heads)
         outputs = [_matmul(part, kernel) + bias for part, kernel, bias in zip(parts, self.kernels, self.biases)]
@@ -56,7 +68,18 @@ class RoutedDense(keras.layers.Layer):
         return (input_shape[0][0], self.units)
 
     def get_config(self):
-        return {**super().get_config(), "num_heads": self.num_heads, "units": self.units}
+        return {**super().get_config(), "num_heads": self.num_heads, "units": self.units,
+                "first_head": self.first_head, "momentum_slots": self.momentum_slots}
+
+    def reinitialize(self, seed: int) -> None:
+        """Fresh weights. A group's heads draw each head from (seed, its global index), so that a head's
+        start does not depend on which replicas hold it."""
+        if not self.momentum_slots:
+            reinitialize_dense(self, seed)
+            return
+        for head, kernel, bias in zip(self.heads, self.kernels, self.biases):
+            kernel.assign(_normal(np.random.default_rng([seed, head]), kernel.shape))
+            bias.assign(np.zeros(bias.shape, np.float32))
 
 
 def _matmul(a, b):
@@ -67,8 +90,12 @@ def _matmul(a, b):
 def reinitialize_dense(layer: keras.layers.Layer, seed: int) -> None:
     """Draws fresh head weights (normal, std 0.01) and zero biases, reproducibly from `seed`."""
     rng = np.random.default_rng(seed)
-    for variable in layer.weights:
+    for variable in layer.trainable_weights:
         if "bias" in variable.path.rsplit("/", 1)[-1]:
             variable.assign(np.zeros(variable.shape, np.float32))
         else:
-            variable.assign(rng.normal(0.0, HEAD_INIT_STDDEV, variable.shape).astype(np.float32))
+            variable.assign(_normal(rng, variable.shape))
+
+
+def _normal(rng: np.random.Generator, shape) -> np.ndarray:
+    return rng.normal(0.0, HEAD_INIT_STDDEV, shape).astype(np.float32)

@@ -13,25 +13,35 @@ import tensorflow as tf
 import keras_dc  # noqa: F401  (selects the TensorFlow backend)
 import keras
 
-from keras_dc import heads
+from keras_dc import head_groups, heads, optimizer as optimizer_lib
+from keras_dc.head_groups import HeadLayout
 
 
 class DeeperClusterModel(keras.Model):
-    """Functional model with a custom train step computing both losses and top-1s."""
+    """Functional model with a custom train step computing both losses and top-1s.
 
-    def __init__(self, backbone: keras.Model, super_classes: int, sub_classes: int, **kwargs):
+    With a grouped `layout` (heads owned by groups of replicas) this replica's model holds only its
+    group's sub-class heads, and its train step sums their gradients over the group alone.
+    """
+
+    def __init__(self, backbone: keras.Model, super_classes: int, sub_classes: int,
+                 layout: HeadLayout | None = None, **kwargs):
+        layout = layout or HeadLayout(super_classes)
         image = keras.Input(shape=backbone.input_shape[1:], name="image")
         route = keras.Input(shape=(), dtype="int32", name="route")
         features = keras.layers.ReLU(name="feature_relu")(backbone(image))
         super_logits = keras.layers.Dense(
             super_classes, name="super_head", dtype="float32",
             kernel_initializer=keras.initializers.RandomNormal(stddev=heads.HEAD_INIT_STDDEV))(features)
-        sub_logits = heads.RoutedDense(super_classes, sub_classes, name="sub_heads", dtype="float32")([features, route])
+        sub_logits = heads.RoutedDense(layout.heads_per_group, sub_classes, first_head=layout.first_head,
+                                       momentum_slots=layout.grouped, name="sub_heads",
+                                       dtype="float32")([features, route])
         super().__init__(inputs={"image": image, "route": route},
                          outputs={"super": super_logits, "sub": sub_logits}, **kwargs)
         self.backbone = backbone
         self.super_classes = super_classes
         self.sub_classes = sub_classes
+        self.layout = layout
         self._trackers = {name: keras.metrics.Mean(name=name) for name in
                           ("loss", "super_loss", "sub_loss", "super_top1", "sub_top1", "full_top1")}
 
@@ -55,20 +65,57 @@ class DeeperClusterModel(keras.Model):
         batch = tf.cast(tf.shape(images)[0] * replicas, tf.float32)
         weights = tf.cast(targets["weight"], tf.float32)
         routes = tf.cast(targets["super"], tf.int32)
-        head_sizes = _all_replica_sum(tf.math.unsorted_segment_sum(weights, routes, self.super_classes))
+        head_sizes = self._head_sizes(weights, routes)
         with tf.GradientTape(persistent=True) as tape:
             outputs = self({"image": images, "route": routes}, training=True)
             losses = self._per_example_losses(outputs, targets)
             body_loss = tf.reduce_sum(weights * (losses["super"] + losses["sub"])) / batch
-            head_loss = tf.reduce_sum(tf.math.divide_no_nan(weights, tf.gather(head_sizes, routes)) * losses["sub"])
+            shares = tf.math.divide_no_nan(weights, tf.gather(head_sizes, routes - self.layout.first_head))
+            head_loss = tf.reduce_sum(shares * losses["sub"])
             scaled = [self.optimizer.scale_loss(loss) for loss in (body_loss, head_loss)]
         sub_heads, others = self._variables_by_loss()
-        gradients = dict(zip(map(id, others), tape.gradient(scaled[0], others)))
-        gradients.update(zip(map(id, sub_heads), tape.gradient(scaled[1], sub_heads)))
+        head_gradients = tape.gradient(scaled[1], sub_heads)
+        if self.layout.grouped:
+            with tf.control_dependencies(self._update_group_heads(head_gradients)):
+                # The group collectives finish before the all-replica ones start: one order on every replica.
+                other_gradients = [tf.identity(g) for g in tape.gradient(scaled[0], others)]
+            self.optimizer.apply(other_gradients, others)
+        else:
+            gradients = dict(zip(map(id, others), tape.gradient(scaled[0], others)))
+            gradients.update(zip(map(id, sub_heads), head_gradients))
+            self.optimizer.apply([gradients[id(v)] for v in self.trainable_variables], self.trainable_variables)
         del tape
-        self.optimizer.apply([gradients[id(v)] for v in self.trainable_variables], self.trainable_variables)
         self._update_metrics(outputs, targets, losses)
         return {name: tracker.result() for name, tracker in self._trackers.items()}
+
+    def _head_sizes(self, weights: tf.Tensor, routes: tf.Tensor) -> tf.Tensor:
+        """Sum of the example weights routed to each head this replica holds, over the whole batch: over
+        all replicas, or over the group's (the only ones that see those heads' examples)."""
+        layout = self.layout
+        local = tf.math.unsorted_segment_sum(weights, routes - layout.first_head, layout.heads_per_group)
+        if layout.grouped:
+            return head_groups.group_sum(local, layout, instance=0)
+        return _all_replica_sum(local)
+
+    def _update_group_heads(self, gradients: list) -> list:
+        """torch's SGD step on this group's heads with their gradients summed over the group, one head
+        after the other (one order of collectives on every replica of the group)."""
+        layer = self.get_layer("sub_heads")
+        inner = getattr(self.optimizer, "inner_optimizer", self.optimizer)
+        done: list = []
+        for index, (variable, gradient, buffer) in enumerate(zip(layer.trainable_variables, gradients,
+                                                                  layer.momentums)):
+            with tf.control_dependencies(done):
+                summed = head_groups.group_sum(gradient, self.layout, instance=index + 1)
+                optimizer_lib.torch_update(variable, buffer, summed, inner.learning_rate, inner.momentum, inner.l2)
+                done = [tf.identity(variable.value)]
+        return done
+
+    @property
+    def optimized_variables(self) -> list:
+        """What Keras' optimizer updates: every trainable variable, less a group's heads (the train step
+        updates those itself, so that they are not all-reduced over every replica)."""
+        return self._variables_by_loss()[1] if self.layout.grouped else self.trainable_variables
 
     def _variables_by_loss(self) -> tuple[list, list]:
         """The sub-class heads' trainable variables, and all the others (body and super-class head)."""
@@ -107,10 +154,14 @@ def reset_heads(model: DeeperClusterModel, seed: int, keep_super_head: bool = Fa
     for offset, layer in enumerate(model.head_layers):
         if keep_super_head and layer.name == "super_head":
             continue
-        heads.reinitialize_dense(layer, seed * 2 + offset)
-        for variable in layer.trainable_weights:
-            for slot in optimizer_slots(model.optimizer, variable):
-                slot.assign(tf.zeros_like(slot))
+        if isinstance(layer, heads.RoutedDense):
+            layer.reinitialize(seed * 2 + offset)
+        else:
+            heads.reinitialize_dense(layer, seed * 2 + offset)
+        slots = getattr(layer, "momentums", None) or [
+            slot for variable in layer.trainable_weights for slot in optimizer_slots(model.optimizer, variable)]
+        for slot in slots:
+            slot.assign(tf.zeros_like(slot))
 
 
 def optimizer_slots(optimizer: keras.optimizers.Optimizer, variable) -> list:

@@ -34,28 +34,34 @@ class SGD(keras.optimizers.SGD):
         self.decoupled = decoupled
 
     def update_step(self, gradient, variable, learning_rate):
-        dtype = variable.dtype
-        learning_rate = ops.cast(learning_rate, dtype)
-        gradient = ops.cast(gradient, dtype)
-        if not self.momentum:
-            if self.l2:
-                gradient = ops.add(gradient, ops.multiply(variable, ops.cast(self.l2, dtype)))
-            self.assign_sub(variable, ops.multiply(gradient, learning_rate))
-            return
-        momentum = ops.cast(self.momentum, dtype)
-        weight, buffer = _handle(variable), _handle(self.momentums[self._get_variable_index(variable)])
-        if self.l2:
-            # momentum * (buf + l2 / momentum * w) + g == momentum * buf + (g + l2 * w): torch's update.
-            tf.raw_ops.ResourceApplyGradientDescent(
-                var=buffer, alpha=-ops.cast(self.l2, dtype) / momentum,
-                delta=tf.raw_ops.ReadVariableOp(resource=weight, dtype=dtype))
-        tf.raw_ops.ResourceApplyMomentum(var=weight, accum=buffer, lr=learning_rate, grad=gradient,
-                                         momentum=momentum)
+        buffer = self.momentums[self._get_variable_index(variable)] if self.momentum else None
+        torch_update(variable, buffer, gradient, learning_rate, self.momentum, self.l2)
 
     def get_config(self):
         config = super().get_config()
         config.update(weight_decay=self.l2 or config.get("weight_decay") or 0.0, decoupled=self.decoupled)
         return config
+
+
+def torch_update(variable, buffer, gradient, learning_rate, momentum: float, l2: float) -> None:
+    """torch.optim.SGD's step on `variable` in place: coupled decay `l2`, then `momentum` into `buffer`
+    (None without momentum). Also the update of heads owned by groups of replicas (keras_dc.model)."""
+    dtype = variable.dtype
+    learning_rate = ops.cast(learning_rate, dtype)
+    gradient = ops.cast(gradient, dtype)
+    if not momentum:
+        if l2:
+            gradient = ops.add(gradient, ops.multiply(variable, ops.cast(l2, dtype)))
+        variable.assign_sub(ops.multiply(gradient, learning_rate))
+        return
+    momentum = ops.cast(momentum, dtype)
+    weight, buffer = _handle(variable), _handle(buffer)
+    if l2:
+        # momentum * (buf + l2 / momentum * w) + g == momentum * buf + (g + l2 * w): torch's update.
+        tf.raw_ops.ResourceApplyGradientDescent(
+            var=buffer, alpha=-ops.cast(l2, dtype) / momentum,
+            delta=tf.raw_ops.ReadVariableOp(resource=weight, dtype=dtype))
+    tf.raw_ops.ResourceApplyMomentum(var=weight, accum=buffer, lr=learning_rate, grad=gradient, momentum=momentum)
 
 
 def _handle(variable):

@@ -80,3 +80,25 @@ def epoch_plan(mode: str, cluster_ids: np.ndarray, num_clusters: int, size: int,
     if rotation:
         rotations = rng.integers(0, hierarchy.NUM_ROTATIONS, size)
     return indices, rotations
+
+
+def group_epoch_plan(mode: str, super_ids: np.ndarray, cluster_ids: np.ndarray, num_clusters: int, size: int,
+                     seed: int, epoch: int, rotation: bool, owned: range) -> tuple[np.ndarray, np.ndarray]:
+    """The `size` example indices and rotations of one epoch for a group of replicas that owns the
+    super-classes `owned`: only images (and rotations) of those super-classes, uniform over the group's
+    (super-class, cluster) pairs for "uniform", a random draw from them otherwise."""
+    rng = np.random.default_rng([seed, epoch, owned.start])
+    rotations_per_cluster = hierarchy.NUM_ROTATIONS if rotation else 1
+    members, labels, rotations = [], [], []
+    for position, super_class in enumerate(owned):
+        super_cluster, turn = divmod(super_class, rotations_per_cluster)
+        chosen = np.flatnonzero(super_ids == super_cluster)
+        members.append(chosen)
+        labels.append(position * num_clusters + np.asarray(cluster_ids, np.int64)[chosen])
+        rotations.append(np.full(len(chosen), turn, np.int32))
+    members, labels, rotations = map(np.concatenate, (members, labels, rotations))
+    if mode == "uniform":
+        picks = uniform_plan(labels, len(owned) * num_clusters, size, rng)
+    else:
+        picks = rng.choice(len(members), size=size, replace=size > len(members))
+    return members[picks], rotations[picks]

@@ -6,20 +6,23 @@ import contextlib
 import functools
 from typing import Callable
 
+import numpy as np
 import tensorflow as tf
 
 import keras_dc  # noqa: F401  (selects the TensorFlow backend)
 import keras
 
-from keras_dc import (backbones, callbacks, config as config_lib, data, distribute, feature_cache, kmeans,
-                      optimizer as optimizer_lib, preemption, progress, workdir as workdir_lib)
+from keras_dc import (backbones, callbacks, config as config_lib, data, distribute, feature_cache, head_groups,
+                      kmeans, optimizer as optimizer_lib, preemption, progress, workdir as workdir_lib)
 from keras_dc.config import Config, ConfigError
 from keras_dc.eval_callback import EvaluationCallback
+from keras_dc.head_groups import HeadLayout
 from keras_dc.model import DeeperClusterModel
 from keras_dc.sources import DataDirError, ImageSource, SourceError, labelled_like, load_source
 from keras_dc.workdir import Position, TrainingCheckpoints, WorkdirError
 
 UNREADABLE_SHOWN = 5  # unreadable file paths named in the log and TensorBoard
+RESTORE_CANDIDATES = 8  # newest checkpoints of each group compared when groups of replicas restore
 
 
 def configure_runtime(config: Config) -> None:
@@ -30,16 +33,24 @@ def configure_runtime(config: Config) -> None:
     keras.mixed_precision.set_global_policy(config.precision)
 
 
-def build_model(config: Config, sync_batchnorm: bool = False) -> DeeperClusterModel:
-    """Backbone + heads, compiled with torch-style SGD (coupled decay); call inside the strategy's scope."""
+def build_model(config: Config, sync_batchnorm: bool = False, layout: HeadLayout | None = None
+                ) -> DeeperClusterModel:
+    """Backbone + heads (this replica's group's, given a grouped `layout`), compiled with torch-style SGD
+    (coupled decay); call inside the strategy's scope."""
     backbone = backbones.build_backbone(config.arch, config.image_size, sobel=config.sobel,
                                         sync_batchnorm=sync_batchnorm, seed=config.seed, name="backbone")
-    model = DeeperClusterModel(backbone, config.super_classes, config.sub_classes, name="deepercluster")
+    model = DeeperClusterModel(backbone, config.super_classes, config.sub_classes, layout, name="deepercluster")
     optimizer = optimizer_lib.SGD(learning_rate=config.lr, momentum=config.momentum,
                                   weight_decay=config.weight_decay, decoupled=config.decoupled_weight_decay)
     model.compile(optimizer=optimizer, jit_compile=config.jit_compile)
-    model.optimizer.build(model.trainable_variables)
+    model.optimizer.build(model.optimized_variables)
     return model
+
+
+def head_layout(config: Config, strategy: tf.distribute.Strategy) -> HeadLayout:
+    """Which heads this process's replica owns (check_settings made sure it has one when grouped)."""
+    worker = distribute.worker_position(strategy)[0]
+    return head_groups.layout(config.super_classes, int(config.head_groups), worker, strategy.num_replicas_in_sync)
 
 
 def setting_errors(data_field: str = "data") -> contextlib.AbstractContextManager:
@@ -63,15 +74,29 @@ def check_settings(config: Config) -> tf.distribute.Strategy:
     """Every check that needs no data (flags, the workdir's saved settings, replicas), before
     anything expensive; returns the strategy to train with."""
     config_lib.validate(config)
-    check_resumable(config)
     strategy = distribute.get_strategy(config.strategy)
     replicas = strategy.num_replicas_in_sync
+    resolve_head_groups(config, strategy)
+    check_resumable(config)
     if config.batch_size % replicas:
         raise ConfigError("batch_size", f"{config.batch_size} is not divisible by the {replicas} replicas")
     if config.eval_every and distribute.in_multi_worker_mode(strategy):
         raise ConfigError("eval_every", "works in single-process training only; on several workers, evaluate "
                           "the exported backbone with tools/linear_probe.py")
     return strategy
+
+
+def resolve_head_groups(config: Config, strategy: tf.distribute.Strategy) -> None:
+    """Sets config.head_groups to the number of groups it asks for on this strategy's replicas (so that
+    `auto` is saved as its value); grouped heads need one replica per process."""
+    with config_lib.errors_as_flags({head_groups.GroupError: "head_groups"}):
+        groups = head_groups.resolve(config.head_groups, config.super_classes, strategy.num_replicas_in_sync)
+    local = strategy.num_replicas_in_sync // distribute.worker_position(strategy)[1]
+    if groups > 1 and local > 1:
+        raise ConfigError("head_groups", f"{groups} groups need one replica per process, and this one has {local} "
+                          f"devices: start one process per GPU (tools/launch_local.py --gpus_per_worker=1 on one "
+                          f"machine; docs/scaling.md)")
+    config.head_groups = str(groups)
 
 
 def prepare_data(config: Config, log: Callable[[str], None] = print) -> ImageSource:
@@ -117,16 +142,19 @@ def train_locked(config: Config, source: ImageSource, log: Callable[[str], None]
     cache = cache_settings(config, strategy, source.num_images)
     evaluation = evaluation_callback(config, source)
     configure_runtime(config)
-    tables = data.LabelTables(source.num_images, source.num_images)
+    layout = head_layout(config, strategy)
+    tables = data.LabelTables(source.num_images, source.num_images // layout.groups)
     with strategy.scope():
-        model = build_model(config, sync_batchnorm=strategy.num_replicas_in_sync > 1)
+        model = build_model(config, sync_batchnorm=strategy.num_replicas_in_sync > 1, layout=layout)
     make_dataset = functools.partial(data.training_dataset, source, tables, config.image_size,
                                      rotation=config.rotation, seed=config.seed,
                                      min_crop_scale=config.min_crop_scale, flip=config.flip)
-    dataset = make_dataset(batch_size=config.batch_size)
-    training_checkpoints = TrainingCheckpoints(config.workdir, model, int(dataset.cardinality()))
+    dataset = make_dataset(batch_size=config.batch_size // layout.groups)  # a group's share of each step
+    training_checkpoints = TrainingCheckpoints(config.workdir, model, int(dataset.cardinality()), group=layout.group)
+    writer = chief or (layout.grouped and layout.rank == 0)  # of this group's checkpoint folder
+    peers = GroupPeers(distribute.Collective(strategy)) if layout.grouped else None
     with setting_errors():
-        start = training_checkpoints.restore(functools.partial(assignments_problem, config), log, chief)
+        start = training_checkpoints.restore(functools.partial(assignments_problem, config), log, writer, peers)
     apply_settings(model, config)
     if chief:
         workdir_lib.set_aside_damaged_assignments(config.workdir, log)
@@ -139,18 +167,39 @@ def train_locked(config: Config, source: ImageSource, log: Callable[[str], None]
         log(f"resuming {config.workdir} after epoch {start.epoch}" + (f", batch {start.step}" if start.step else ""))
     if start.epoch < config.epochs:
         with preemption.sigterm_requests() as stop_request, \
-                distribute.checkpoint_write_dir(config.workdir, chief) as write_dir, \
+                distribute.checkpoint_write_dir(config.workdir, writer) as write_dir, \
                 progress.reporting(config.verbose if chief else 0, config.progress_seconds):
-            saver = training_checkpoints if chief else TrainingCheckpoints(
+            saver = training_checkpoints if writer else TrainingCheckpoints(
                 write_dir, model, training_checkpoints.steps_per_epoch)
             callback_list = run_callbacks(config, source, tables, saver, start, stop_request, log, strategy,
-                                          cache, evaluation)
+                                          cache, evaluation, layout)
             with distribute.keras_fit_context(model, strategy):
-                fit(model, worker_dataset(strategy, dataset, make_dataset, config.batch_size), config, start,
+                fit(model, worker_dataset(strategy, dataset, make_dataset, config.batch_size, layout), config, start,
                     callback_list)
     if chief:
         export_backbone(model.backbone, config, source)
     return summary(config)
+
+
+class GroupPeers:
+    """The other groups of replicas at a restore (workdir.CheckpointPeers): each group restores from its
+    own folder, and all must restore the same checkpoint."""
+
+    def __init__(self, collective: distribute.Collective):
+        self.collective = collective
+
+    def common(self, numbers: list[int]) -> set[int]:
+        found = self._gathered(numbers[:RESTORE_CANDIDATES] + [-1] * (RESTORE_CANDIDATES - len(numbers)))
+        return set.intersection(*(set(row) - {-1} for row in found))
+
+    def agree(self, number: int) -> bool:
+        return len(set(self._gathered([number]).ravel())) == 1
+
+    def _gathered(self, values: list[int]) -> np.ndarray:
+        """Every worker's `values`, one row each (an all-reduce of rows that are zero but this worker's)."""
+        rows = np.zeros((self.collective.workers, len(values)), np.int64)
+        rows[self.collective.worker] = values
+        return self.collective.all_reduce_sum(rows)
 
 
 def assignments_problem(config: Config, position: Position) -> str | None:
@@ -200,20 +249,23 @@ def fit(model: DeeperClusterModel, dataset: tf.data.Dataset, config: Config, sta
 
 
 def worker_dataset(strategy: tf.distribute.Strategy, dataset: tf.data.Dataset,
-                   make_dataset: Callable[..., tf.data.Dataset], global_batch_size: int
+                   make_dataset: Callable[..., tf.data.Dataset], global_batch_size: int, layout: HeadLayout
                    ) -> tf.data.Dataset | tf.distribute.DistributedDataset:
     """`dataset`, whose batches Keras splits over the local replicas, or in multi-worker mode what
-    `make_dataset(batch_size=, shard=)` builds for each worker: its shard of the epoch plan."""
+    `make_dataset(batch_size=, shard=)` builds for each worker: its shard of the epoch plan (of its
+    group's plan, when groups of replicas own the heads)."""
     if not distribute.in_multi_worker_mode(strategy):
         return dataset
-    return data.distributed_training_dataset(strategy, make_dataset, global_batch_size)
+    shard = (layout.rank, layout.group_size) if layout.grouped else None
+    return data.distributed_training_dataset(strategy, make_dataset, global_batch_size, shard)
 
 
 def run_callbacks(config: Config, source: ImageSource, tables: data.LabelTables,
                   training_checkpoints: TrainingCheckpoints, start: Position,
                   stop_request: preemption.StopRequest | None, log: Callable[[str], None],
                   strategy: tf.distribute.Strategy | None = None, cache: feature_cache.CacheSettings | None = None,
-                  evaluation: EvaluationCallback | None = None) -> list[keras.callbacks.Callback]:
+                  evaluation: EvaluationCallback | None = None, layout: HeadLayout | None = None
+                  ) -> list[keras.callbacks.Callback]:
     """Loss guard first (no batch may be saved after a NaN), re-clustering (it must swap labels before
     the epoch), evaluation, metrics, TensorBoard, and the checkpoint last (an epoch is saved once fully
     logged). Only the chief (worker 0) writes the metrics file and TensorBoard logs."""
@@ -223,7 +275,7 @@ def run_callbacks(config: Config, source: ImageSource, tables: data.LabelTables,
     writer = tf.summary.create_file_writer(workdir_lib.tensorboard_dir(config.workdir, "clustering")) if chief else None
     recluster = callbacks.ReclusterCallback(config, source, tables, config.workdir, log, writer,
                                             resumed_mid_epoch=start.epoch if start.step else None,
-                                            collective=collective, cache=cache)
+                                            collective=collective, cache=cache, layout=layout)
     logs = [callbacks.MetricsFile(config.workdir, start.epoch, log, recluster.take_stats),
             keras.callbacks.TensorBoard(board, write_graph=False, profile_batch=0)] if chief else []
     return [

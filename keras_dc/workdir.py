@@ -41,6 +41,7 @@ import tempfile
 import time
 import zipfile
 from collections.abc import Callable, Iterator
+from typing import Protocol
 
 import numpy as np
 import tensorflow as tf
@@ -132,8 +133,11 @@ def config_path(workdir: str) -> str:
     return os.path.join(workdir, "config.json")
 
 
-def checkpoints_dir(workdir: str) -> str:
-    return os.path.join(workdir, "checkpoints")
+def checkpoints_dir(workdir: str, group: int = 0) -> str:
+    """Where checkpoints are: group 0's (and a run without head groups') in checkpoints/, each other
+    group of replicas' in checkpoints/group_<g>/, written by the group's first replica."""
+    folder = os.path.join(workdir, "checkpoints")
+    return os.path.join(folder, f"group_{group}") if group else folder
 
 
 def assignment_path(workdir: str, cycle: int) -> str:
@@ -486,6 +490,16 @@ def _write_checkpoint_state(folder: str, latest: str, kept: list[str]) -> None:
     atomic_write_bytes(os.path.join(folder, "checkpoint"), ("\n".join(lines) + "\n").encode())
 
 
+class CheckpointPeers(Protocol):
+    """The other groups of replicas, each restoring from its own folder (keras_dc.train)."""
+
+    def common(self, numbers: list[int]) -> set[int]:
+        """The checkpoint numbers that every group has on disk, given this group's."""
+
+    def agree(self, number: int) -> bool:
+        """Whether every replica restored checkpoint `number` (-1: none)."""
+
+
 class TrainingCheckpoints:
     """Model, optimizer, dropout-RNG state, running metrics and position, restored on rerun.
 
@@ -497,7 +511,7 @@ class TrainingCheckpoints:
     that do not read back whole and finite.
     """
 
-    def __init__(self, workdir: str, model, steps_per_epoch: int, max_to_keep: int = 2):
+    def __init__(self, workdir: str, model, steps_per_epoch: int, max_to_keep: int = 2, group: int = 0):
         seed_states = [variable for variable in model.variables if "seed_generator_state" in variable.path]
         self.metric_variables = [variable for metric in model.metrics for variable in metric.variables]
         self.epoch = tf.Variable(0, dtype=tf.int64, trainable=False, name="position_epoch")
@@ -506,6 +520,7 @@ class TrainingCheckpoints:
                                               metrics=self.metric_variables, epoch=self.epoch, step=self.step)
         self.saved_variables = [*model.variables, *model.optimizer.variables, *self.metric_variables]
         self.workdir = workdir
+        self.folder = checkpoints_dir(workdir, group)
         self.max_to_keep = max_to_keep
         self.manager = self._manager()
         self.steps_per_epoch = steps_per_epoch
@@ -513,8 +528,7 @@ class TrainingCheckpoints:
 
     def _manager(self) -> tf.train.CheckpointManager:
         with _quiet_tensorflow():
-            return tf.train.CheckpointManager(self.checkpoint, checkpoints_dir(self.workdir),
-                                              max_to_keep=self.max_to_keep)
+            return tf.train.CheckpointManager(self.checkpoint, self.folder, max_to_keep=self.max_to_keep)
 
     def non_finite_variables(self) -> list[str]:
         """Paths of the saved floating-point variables holding a NaN or an infinity."""
@@ -522,30 +536,47 @@ class TrainingCheckpoints:
                 if tf.as_dtype(variable.dtype).is_floating and not bool(tf.reduce_all(tf.math.is_finite(variable)))]
 
     def restore(self, problem: Callable[[Position], str | None] = lambda position: None,
-                log: Callable[[str], None] = print, chief: bool = True) -> Position:
+                log: Callable[[str], None] = print, chief: bool = True, peers: CheckpointPeers | None = None
+                ) -> Position:
         """Restores the newest checkpoint on disk that reads back whole, holds only finite values and
         for which `problem(position)` finds nothing missing; returns where it stopped.
 
         Checkpoints newer than that one are reported in one line each and (by the chief) set aside,
         and the state file is rebuilt when it was damaged or named another. A checkpoint written for
         other objects is a WorkdirError; when no checkpoint is usable, a StorageError; in both cases
-        nothing is moved.
+        nothing is moved. With `peers` (groups of replicas, each with its own folder) only checkpoints
+        that every group has are candidates, and all must restore the same one.
         """
         rejected: list[tuple[str, str]] = []
-        for prefix in _checkpoints_on_disk(checkpoints_dir(self.workdir)):
+        on_disk = _checkpoints_on_disk(self.folder)
+        common = peers.common([_number(prefix) for prefix in on_disk]) if peers else None
+        chosen = None
+        for prefix in on_disk:
+            if common is not None and _number(prefix) not in common:
+                rejected.append((prefix, "is not in every group of replicas' checkpoints (one was stopped "
+                                         "before writing it)"))
+                continue
             reason = self._load(prefix)
             position = Position(int(self.epoch.numpy()), int(self.step.numpy()))
             reason = reason or problem(position)
             if reason is None:
-                if chief:
-                    self._settle(prefix, rejected, log)
-                self.restored_metrics = [variable.numpy() for variable in self.metric_variables]
-                return position
+                chosen = prefix
+                break
             rejected.append((prefix, reason))
-        if rejected:
-            prefix, reason = rejected[0]
-            raise StorageError(f"no usable checkpoint in {checkpoints_dir(self.workdir)}: the newest, {prefix}, "
-                               f"{reason}; {len(rejected)} tried, nothing was moved: restore the files or use "
+        if peers and not peers.agree(_number(chosen) if chosen else -1):
+            raise StorageError(f"the groups of replicas found different usable checkpoints (this one: "
+                               f"{chosen or 'none'} in {self.folder}); nothing was moved: restore the files or use "
+                               f"another --workdir")
+        if chosen is not None:
+            if chief:
+                self._settle(chosen, rejected, log)
+            self.restored_metrics = [variable.numpy() for variable in self.metric_variables]
+            return position
+        damaged = [(prefix, reason) for prefix, reason in rejected if common is None or _number(prefix) in common]
+        if damaged:
+            prefix, reason = damaged[0]
+            raise StorageError(f"no usable checkpoint in {self.folder}: the newest, {prefix}, "
+                               f"{reason}; {len(damaged)} tried, nothing was moved: restore the files or use "
                                f"another --workdir")
         return Position(0)
 
@@ -570,7 +601,7 @@ class TrainingCheckpoints:
             for path in glob.glob(glob.escape(prefix) + ".*"):
                 where = set_aside(self.workdir, path)
             log(f"workdir: {prefix} {reason}; moved to {os.path.dirname(where)}, resuming from {chosen}")
-        folder = checkpoints_dir(self.workdir)
+        folder = self.folder
         state = os.path.join(folder, "checkpoint")
         with _quiet_tensorflow():
             recorded = tf.train.get_checkpoint_state(folder) if os.path.exists(state) else None
@@ -605,7 +636,7 @@ class TrainingCheckpoints:
             return self.manager.save(checkpoint_number=position.epoch * self.steps_per_epoch + position.step,
                                      options=options)
         except tf.errors.OpError as error:
-            raise StorageError(f"cannot write a checkpoint in {checkpoints_dir(self.workdir)} "
+            raise StorageError(f"cannot write a checkpoint in {self.folder} "
                                f"({_reason(error)}); {WRITE_ADVICE}") from None
 
 

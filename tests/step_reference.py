@@ -16,10 +16,11 @@ from keras_dc.config import Config
 LR, MOMENTUM, WEIGHT_DECAY = 0.05, 0.9, 0.01  # a strong decay, so that a decoupled one would show
 
 
-def config(workdir: str) -> Config:
-    """Two super-clusters with rotation: S = 8 super-classes, 3 sub-classes each."""
-    return Config(workdir=workdir, data="synthetic", arch="small", image_size=16, batch_size=12, k=6,
-                  super_clusters=2, rotation=True, lr=LR, momentum=MOMENTUM, weight_decay=WEIGHT_DECAY, verbose=0)
+def config(workdir: str, **changes) -> Config:
+    """Two super-clusters with rotation: S = 8 super-classes, 3 sub-classes each (unless `changes`)."""
+    return Config(**{**dict(workdir=workdir, data="synthetic", arch="small", image_size=16, batch_size=12, k=6,
+                            super_clusters=2, rotation=True, lr=LR, momentum=MOMENTUM, weight_decay=WEIGHT_DECAY,
+                            verbose=0), **changes})
 
 
 def batches() -> list[tuple[np.ndarray, dict]]:
@@ -35,20 +36,34 @@ def batches() -> list[tuple[np.ndarray, dict]]:
     return out
 
 
-def build(cfg: Config) -> model_lib.DeeperClusterModel:
+def build(cfg: Config, layout=None) -> model_lib.DeeperClusterModel:
     """The training model with dropout off, so that a step is a deterministic function of the batch."""
-    model = train.build_model(cfg, sync_batchnorm=True)
+    model = train.build_model(cfg, sync_batchnorm=True, layout=layout)
     for layer in model.backbone.layers:
         if isinstance(layer, keras.layers.Dropout):
             layer.rate = 0.0
     return model
 
 
+def momentum(model: model_lib.DeeperClusterModel, variable):
+    """The momentum buffer of `variable`: the optimizer's, or the layer's own for a group's heads."""
+    head = model.get_layer("sub_heads")
+    own = dict(zip(map(id, head.trainable_variables), head.momentums))
+    return own[id(variable)] if id(variable) in own else model_lib.optimizer_slots(model.optimizer, variable)[0]
+
+
 def state(model: model_lib.DeeperClusterModel) -> dict:
     """Every trainable variable and its momentum buffer, by path."""
-    return {v.path: (v.numpy().astype(np.float64),
-                     model_lib.optimizer_slots(model.optimizer, v)[0].numpy().astype(np.float64))
+    return {v.path: (v.numpy().astype(np.float64), momentum(model, v).numpy().astype(np.float64))
             for v in model.trainable_variables}
+
+
+def set_state(model: model_lib.DeeperClusterModel, values: dict) -> None:
+    """Assigns `state`-shaped values (variable, momentum buffer) to the model's variables of those paths."""
+    for variable in model.trainable_variables:
+        weight, buffer = values[variable.path]
+        variable.assign(weight.astype(np.float32))
+        momentum(model, variable).assign(buffer.astype(np.float32))
 
 
 def expected_step(model: model_lib.DeeperClusterModel, images: np.ndarray, targets: dict) -> dict:

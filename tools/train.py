@@ -51,6 +51,8 @@ HELP = {
     "flip": "Random horizontal flips in the training view (--noflip for data where mirroring changes meaning).",
     "seed": "Seed of everything random; the same seed gives the same run on CPU.",
     "strategy": "auto, default, one_device, mirrored or multi_worker.",
+    "head_groups": "Split the replicas into G groups, each owning S/G sub-class heads (the reference's "
+                   "distribution; one replica per process), or auto for the largest G dividing S and the replicas.",
     "precision": "float32, mixed_bfloat16 or mixed_float16.",
     "jit_compile": "Compile the train step with XLA.",
     "deterministic": "Deterministic TensorFlow ops (reproducible, a little slower).",
@@ -84,12 +86,14 @@ def dry_run(config: Config) -> None:
     """Prints the memory plan of the run (keras_dc.memory_plan) and exits before any data work."""
     import tempfile
 
-    from keras_dc import backbones, config as config_lib, distribute, memory_plan
+    from keras_dc import backbones, config as config_lib, distribute, head_groups, memory_plan
 
     config_lib.validate(dataclasses.replace(config, workdir=config.workdir or tempfile.gettempdir()))
-    replicas = distribute.get_strategy(config.strategy).num_replicas_in_sync
+    replicas = FLAGS.dry_run_replicas or distribute.get_strategy(config.strategy).num_replicas_in_sync
+    with config_lib.errors_as_flags({head_groups.GroupError: "head_groups"}):
+        groups = head_groups.resolve(config.head_groups, config.super_classes, replicas)
     backbone = backbones.build_backbone(config.arch, config.image_size, sobel=config.sobel, seed=config.seed)
-    print(memory_plan.describe(config, replicas, memory_plan.plan(config, replicas, backbone)))
+    print(memory_plan.describe(config, replicas, memory_plan.plan(config, replicas, backbone, groups), groups))
 
 
 def config_from_flags() -> Config:
@@ -150,6 +154,8 @@ def entry_point() -> None:
     """The program, run as `python tools/train.py` or as the console script `keras-dc-train`."""
     define_flags()
     flags.DEFINE_bool("dry_run", False, "Print the memory plan of the run (per replica and per worker) and exit.")
+    flags.DEFINE_integer("dry_run_replicas", 0, "With --dry_run: plan for this many replicas (0: this machine's).",
+                         lower_bound=0)
     cli.run(main, __name__)
 
 

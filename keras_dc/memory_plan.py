@@ -1,8 +1,10 @@
 """The memory a run will need, per replica and per worker, computed before it starts (--dry_run).
 
-Every replica of MirroredStrategy holds the whole model: the body and all S sub-class heads, one
-optimizer slot per weight (SGD momentum), one gradient per weight and the activations of its share
-of the batch. Each worker also keeps a disk cache of features and fits the PCA in host memory.
+Every replica holds the body, the super-class head and the sub-class heads of its group (all S
+with one group, S/G with --head_groups=G), one optimizer slot per weight (SGD momentum), one
+gradient per weight and the activations of its share of the batch. Each step all-reduces the body's
+and the super-class head's gradients over all replicas, and a group's heads' over the group. Each
+worker also keeps a disk cache of features and fits the PCA in host memory.
 """
 
 from __future__ import annotations
@@ -18,9 +20,10 @@ FLOAT32 = 4
 MILLION = 1_000_000
 
 
-def head_weights(dim: int, super_classes: int, sub_classes: int) -> int:
-    """Number of weights of the super-class head and the S routed sub-class heads."""
-    return dim * super_classes + super_classes + super_classes * (dim * sub_classes + sub_classes)
+def head_weights(dim: int, super_classes: int, sub_classes: int, groups: int = 1) -> int:
+    """Number of weights of the super-class head and of the routed sub-class heads one replica holds:
+    all S, or the S/G of its group."""
+    return dim * super_classes + super_classes + super_classes // groups * (dim * sub_classes + sub_classes)
 
 
 def activation_elements(backbone: keras.Model) -> int:
@@ -28,12 +31,13 @@ def activation_elements(backbone: keras.Model) -> int:
     return int(sum(np.prod(layer.output.shape[1:]) for layer in backbone.layers))
 
 
-def plan(config: Config, replicas: int, backbone: keras.Model) -> dict[str, int]:
-    """Bytes of each part of a run of `config` over `replicas` replicas with this body."""
+def plan(config: Config, replicas: int, backbone: keras.Model, groups: int = 1) -> dict[str, int]:
+    """Bytes of each part of a run of `config` over `replicas` replicas in `groups` groups with this body."""
     dim = int(backbone.output.shape[-1])
     body = int(sum(np.prod(weight.shape) for weight in backbone.weights))
     trainable = int(sum(np.prod(weight.shape) for weight in backbone.trainable_weights))
-    heads = head_weights(dim, config.super_classes, config.sub_classes)
+    heads = head_weights(dim, config.super_classes, config.sub_classes, groups)
+    super_head = dim * config.super_classes + config.super_classes
     compute_bytes = FLOAT32 if config.precision == "float32" else 2
     per_replica_batch = config.batch_size // replicas
     logits = config.super_classes + config.sub_classes
@@ -46,21 +50,30 @@ def plan(config: Config, replicas: int, backbone: keras.Model) -> dict[str, int]
         "activations": per_replica_batch * (activation_elements(backbone) * compute_bytes + logits * FLOAT32),
         "feature_cache_per_million_images": MILLION * (dim + config.pca_dim) * cache_bytes,
         "pca": 2 * dim * dim * 8,
+        "allreduce_all_replicas": (trainable + super_head + (heads - super_head) * (groups == 1))
+        * FLOAT32 * (replicas > 1),
+        "allreduce_in_group": (heads - super_head) * FLOAT32 * (groups > 1 and replicas // groups > 1),
     }
 
 
-def describe(config: Config, replicas: int, figures: dict[str, int]) -> str:
+def describe(config: Config, replicas: int, figures: dict[str, int], groups: int = 1) -> str:
     """The plan as the lines --dry_run prints."""
     device = sum(figures[key] for key in ("body", "heads", "optimizer_slots", "gradients", "activations"))
+    held = ("the whole model" if groups == 1 else
+            f"the body, the super-class head and {config.super_classes // groups} of the sub-class heads")
     rows = [
         f"memory plan: {config.arch} {config.image_size}px, k={config.k}, m={config.super_clusters}: "
-        f"S={config.super_classes} heads x {config.sub_classes} outputs; {replicas} replica(s), "
-        f"batch {config.batch_size // replicas} per replica, {config.precision}",
-        "per replica (each replica holds the whole model):",
+        f"S={config.super_classes} heads x {config.sub_classes} outputs; {replicas} replica(s) in {groups} "
+        f"head group(s), batch {config.batch_size // replicas} per replica, {config.precision}",
+        f"per replica (each replica holds {held}):",
         *(f"  {key:34s} {_gb(figures[key])}" for key in ("body", "heads", "optimizer_slots")),
         f"  {'gradients':34s} {_gb(figures['gradients'])}  (at most: all alive at once)",
         f"  {'activations':34s} {_gb(figures['activations'])}",
         f"  {'total':34s} {_gb(device)}",
+        "all-reduced per step (gradients):",
+        f"  {'over all replicas':34s} {_gb(figures['allreduce_all_replicas'])}  (body, super-class head"
+        f"{', sub-class heads' if groups == 1 else ''})",
+        f"  {'over a group of replicas':34s} {_gb(figures['allreduce_in_group'])}  (its sub-class heads)",
         "per worker (host memory and disk):",
         f"  {'feature cache, per 1M images':34s} {_gb(figures['feature_cache_per_million_images'])}"
         f"  (fc features + PCA-reduced rows, on disk)",

@@ -46,7 +46,7 @@ def define_flags() -> None:
 def run(size: str, deterministic: bool, jit_compile: bool = False, heads_only: bool = False) -> dict[str, float]:
     """Every measurement of the issue, with the ratios computed from them."""
     from keras_dc import train
-    from keras_dc.bench import benchmark, heads
+    from keras_dc.bench import benchmark, grouped, heads
     from keras_dc.config import Config
     from keras_dc.sources import synthetic_source
 
@@ -59,6 +59,7 @@ def run(size: str, deterministic: bool, jit_compile: bool = False, heads_only: b
     source = synthetic_source(sizes["images"], small.image_size)
     figures = heads.heads_step_figures(small, source, steps)
     figures.update(heads.pca_small_n_figures())
+    figures.update(grouped.grouped_figures(max(2, steps // 2)))
     if heads_only:
         return {**figures, **heads_ratios(figures)}
     figures["matmul_flops_per_s"] = benchmark.matmul_flops_per_second()
@@ -81,6 +82,12 @@ def heads_ratios(figures: dict[str, float]) -> dict[str, float]:
         "step_vs_plain_keras_large_heads": figures["large_heads_images_per_s"] / figures["plain_1000_images_per_s"],
         "large_heads_update_vs_plain_step": figures["large_heads_update_s"] / figures["plain_1000_step_s"],
         "pca_vs_faiss_small_n": figures["pca_small_n_s"] / figures["faiss_pca_small_n_s"],
+        "grouped_allreduce_bytes_per_step": figures["grouped_allreduce_bytes_per_step"],
+        "grouped_allreduce_bytes_vs_replicated": (figures["grouped_allreduce_bytes_per_step"]
+                                                  / figures["replicated_allreduce_bytes_per_step"]),
+        "grouped_allreduce_vs_body_and_super_head": (figures["grouped_allreduce_bytes_per_step"]
+                                                     / figures["body_and_super_head_gradient_bytes"]),
+        "grouped_step_vs_replicated": figures["grouped_images_per_s"] / figures["replicated_images_per_s"],
     }
 
 

@@ -29,6 +29,8 @@ def define_flags() -> None:
     flags.DEFINE_integer("workers", 2, "Number of local worker processes.")
     flags.DEFINE_string("program", os.path.join(TOOLS, "train.py"), "Python script each worker runs.")
     flags.DEFINE_integer("threads_per_worker", 0, "OpenMP (faiss) threads per worker; 0: CPU cores / workers.")
+    flags.DEFINE_integer("gpus_per_worker", 0, "GPUs of each worker (CUDA_VISIBLE_DEVICES): 1 runs one process per "
+                         "GPU, as --head_groups needs; 0 leaves every GPU visible to every worker.")
 
 
 def main(argv: list[str]) -> None:
@@ -38,10 +40,12 @@ def main(argv: list[str]) -> None:
         _usage(f"--workers: must be at least 1, got {FLAGS.workers}")
     if not os.path.isfile(FLAGS.program):
         _usage(f"--program: no such file {FLAGS.program!r}")
-    if FLAGS.threads_per_worker < 0:
-        _usage(f"--threads_per_worker: must be >= 0, got {FLAGS.threads_per_worker}")
+    for flag in ("threads_per_worker", "gpus_per_worker"):
+        if FLAGS[flag].value < 0:
+            _usage(f"--{flag}: must be >= 0, got {FLAGS[flag].value}")
     command = local_cluster.python_command(FLAGS.program, argv[1:])
-    sys.exit(local_cluster.run_local_cluster(command, FLAGS.workers, FLAGS.threads_per_worker))
+    sys.exit(local_cluster.run_local_cluster(command, FLAGS.workers, FLAGS.threads_per_worker,
+                                             gpus_per_worker=FLAGS.gpus_per_worker))
 
 
 def _usage(message: str) -> None:

@@ -68,10 +68,13 @@ def tf_config(ports: Sequence[int], index: int) -> str:
     return json.dumps({"cluster": {"worker": workers}, "task": {"type": "worker", "index": index}})
 
 
-def worker_environment(ports: Sequence[int], index: int, threads: int) -> dict[str, str]:
-    """The parent's environment plus TF_CONFIG, unbuffered output and OMP threads (faiss) per worker."""
+def worker_environment(ports: Sequence[int], index: int, threads: int, gpus: int = 0) -> dict[str, str]:
+    """The parent's environment plus TF_CONFIG, unbuffered output, OMP threads (faiss) per worker and,
+    with `gpus` > 0, the worker's own GPUs: index * gpus to (index + 1) * gpus - 1."""
     environment = dict(os.environ, TF_CONFIG=tf_config(ports, index), PYTHONUNBUFFERED="1")
     environment.setdefault("OMP_NUM_THREADS", str(threads))
+    if gpus:
+        environment["CUDA_VISIBLE_DEVICES"] = ",".join(str(index * gpus + gpu) for gpu in range(gpus))
     return environment
 
 
@@ -81,10 +84,11 @@ def _relay(stream, prefix: str, write: Callable[[str], None]) -> None:
 
 
 def run_local_cluster(command: Sequence[str], workers: int, threads: int = 0,
-                      write: Callable[[str], None] = print) -> int:
-    """Runs `command` as `workers` local workers and waits; when one fails the others are stopped
-    (they would wait forever in a collective). Returns 0, or the first failing exit status; after
-    SIGTERM (passed on to the workers, then waited for), 128 + 15 as a process it had ended."""
+                      write: Callable[[str], None] = print, gpus_per_worker: int = 0) -> int:
+    """Runs `command` as `workers` local workers (each with `gpus_per_worker` GPUs of its own, if > 0)
+    and waits; when one fails the others are stopped (they would wait forever in a collective).
+    Returns 0, or the first failing exit status; after SIGTERM (passed on to the workers, then waited
+    for), 128 + 15 as a process it had ended."""
     if workers < 1:
         raise ValueError(f"workers must be >= 1, got {workers}")
     threads = threads or max(1, (os.cpu_count() or 1) // workers)
@@ -92,8 +96,9 @@ def run_local_cluster(command: Sequence[str], workers: int, threads: int = 0,
     processes, relays = [], []
     with SignalForwarder(processes) as forwarder:
         for index in range(workers):
-            process = subprocess.Popen(list(command), env=worker_environment(ports, index, threads), text=True,
-                                       stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+            environment = worker_environment(ports, index, threads, gpus_per_worker)
+            process = subprocess.Popen(list(command), env=environment, text=True, stdout=subprocess.PIPE,
+                                       stderr=subprocess.STDOUT)
             processes.append(process)
             if forwarder.signum is not None:  # arrived while the workers were being started
                 process.send_signal(forwarder.signum)

@@ -76,9 +76,14 @@ class DeeperClusterModel(keras.Model):
         sub_heads, others = self._variables_by_loss()
         head_gradients = tape.gradient(scaled[1], sub_heads)
         if self.layout.grouped:
-            with tf.control_dependencies(self._update_group_heads(head_gradients)):
-                # The group collectives finish before the all-replica ones start: one order on every replica.
-                other_gradients = [tf.identity(g) for g in tape.gradient(scaled[0], others)]
+            other_gradients = tape.gradient(scaled[0], others)
+            # The heads move once the backward pass no longer reads them (a write to a variable whose value
+            # is still in use copies it), and the group collectives finish before the all-replica ones
+            # start: one order on every replica.
+            with tf.control_dependencies(other_gradients):
+                updates = self._update_group_heads(head_gradients)
+            with tf.control_dependencies(updates):
+                other_gradients = [tf.identity(g) for g in other_gradients]
             self.optimizer.apply(other_gradients, others)
         else:
             gradients = dict(zip(map(id, others), tape.gradient(scaled[0], others)))
@@ -107,8 +112,8 @@ class DeeperClusterModel(keras.Model):
                                                                   layer.momentums)):
             with tf.control_dependencies(done):
                 summed = head_groups.group_sum(gradient, self.layout, instance=index + 1)
-                optimizer_lib.torch_update(variable, buffer, summed, inner.learning_rate, inner.momentum, inner.l2)
-                done = [tf.identity(variable.value)]
+                done = [optimizer_lib.torch_update(variable, buffer, summed, inner.learning_rate, inner.momentum,
+                                                   inner.l2)]
         return done
 
     @property

@@ -43,17 +43,17 @@ class SGD(keras.optimizers.SGD):
         return config
 
 
-def torch_update(variable, buffer, gradient, learning_rate, momentum: float, l2: float) -> None:
+def torch_update(variable, buffer, gradient, learning_rate, momentum: float, l2: float):
     """torch.optim.SGD's step on `variable` in place: coupled decay `l2`, then `momentum` into `buffer`
-    (None without momentum). Also the update of heads owned by groups of replicas (keras_dc.model)."""
+    (None without momentum); returns the last update op. Also the update of heads owned by groups of
+    replicas (keras_dc.model)."""
     dtype = variable.dtype
     learning_rate = ops.cast(learning_rate, dtype)
     gradient = ops.cast(gradient, dtype)
     if not momentum:
         if l2:
             gradient = ops.add(gradient, ops.multiply(variable, ops.cast(l2, dtype)))
-        variable.assign_sub(ops.multiply(gradient, learning_rate))
-        return
+        return variable.assign_sub(ops.multiply(gradient, learning_rate))
     momentum = ops.cast(momentum, dtype)
     weight, buffer = _handle(variable), _handle(buffer)
     if l2:
@@ -61,7 +61,8 @@ def torch_update(variable, buffer, gradient, learning_rate, momentum: float, l2:
         tf.raw_ops.ResourceApplyGradientDescent(
             var=buffer, alpha=-ops.cast(l2, dtype) / momentum,
             delta=tf.raw_ops.ReadVariableOp(resource=weight, dtype=dtype))
-    tf.raw_ops.ResourceApplyMomentum(var=weight, accum=buffer, lr=learning_rate, grad=gradient, momentum=momentum)
+    return tf.raw_ops.ResourceApplyMomentum(var=weight, accum=buffer, lr=learning_rate, grad=gradient,
+                                            momentum=momentum)
 
 
 def _handle(variable):

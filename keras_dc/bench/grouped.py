@@ -2,8 +2,10 @@
 and the bytes its collectives move, counted from the ops of the traced step (not estimated).
 
     python tools/launch_local.py --workers=4 --program=keras_dc/bench/grouped.py -- --groups=4
+    python tools/launch_local.py --workers=4 --program=keras_dc/bench/grouped.py -- --groups=4 --memory_k=64000
 
-tools/benchmark.py runs it for G = 1 and G = 4 on 4 local workers (`grouped_figures`).
+tools/benchmark.py runs the first for G = 1 and G = 4 on 4 local workers (`grouped_figures`); the
+second reports what TensorFlow's allocator holds per worker with the heads of docs/scaling.md.
 """
 
 from __future__ import annotations
@@ -110,9 +112,56 @@ def grouped_figures(steps: int, workers: int = 4) -> dict[str, float]:
     return figures
 
 
+def memory_figures(groups: int, k: int, super_clusters: int, dim: int, rotation: bool, batch: int = 32,
+                   steps: int = 3) -> dict[str, float]:
+    """What TensorFlow's allocator holds on this worker for heads of `k`, `super_clusters` on `dim`-d
+    features with a one-layer body (keras_dc.bench.heads' model): weights and optimizer slots once built
+    and stepped, and the peak of `steps` more steps above them (the gradients alive at once)."""
+    import keras
+
+    from keras_dc import optimizer as optimizer_lib
+    from keras_dc.bench.heads import _live_bytes
+    from keras_dc.model import DeeperClusterModel
+
+    strategy = distribute.get_strategy("multi_worker")
+    cfg = Config(k=k, super_clusters=super_clusters, rotation=rotation, batch_size=batch, lr=0.01,
+                 head_groups=str(groups))
+    layout = train.head_layout(cfg, strategy)
+    start = _live_bytes()
+    with strategy.scope():
+        image = keras.Input((4, 4, 3))
+        body = keras.Model(image, keras.layers.Dense(dim)(keras.layers.Flatten()(image)))
+        model = DeeperClusterModel(body, cfg.super_classes, cfg.sub_classes, layout)
+        model.compile(optimizer_lib.SGD(cfg.lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay))
+        model.optimizer.build(model.optimized_variables)
+    local = batch // strategy.num_replicas_in_sync
+    rng = np.random.default_rng(layout.group)
+    images = tf.constant(rng.normal(size=(local, 4, 4, 3)).astype(np.float32))
+    targets = {"super": tf.constant(rng.choice(list(layout.owned), local).astype(np.int32)),
+               "sub": tf.constant(rng.integers(0, cfg.sub_classes, local).astype(np.int32)),
+               "weight": tf.ones([local]), "index": tf.range(local)}
+    step = tf.function(lambda: strategy.run(model.train_step, args=((images, targets),)))
+    float(step()["loss"])
+    held = _live_bytes() - start
+    tf.config.experimental.reset_memory_stats("CPU:0")
+    for _ in range(steps):
+        float(step()["loss"])
+    head = model.get_layer("sub_heads")
+    return {"groups": groups, "worker": distribute.worker_position(strategy)[0],
+            "heads_held": len(head.heads), "weights_and_slots_bytes": held,
+            "step_peak_over_them_bytes": _live_bytes("peak") - start - held,
+            "sub_head_bytes": int(sum(np.prod(v.shape) for v in head.weights)) * 4,
+            "body_bytes": int(sum(np.prod(v.shape) for v in body.weights)) * 4}
+
+
 def main(argv: list[str]) -> None:
     options = dict(arg.lstrip("-").split("=") for arg in argv[1:])
-    figures = measure(int(options.get("groups", 1)), int(options.get("steps", 20)))
+    groups = int(options.get("groups", 1))
+    if "memory_k" in options:
+        figures = memory_figures(groups, int(options["memory_k"]), int(options.get("super_clusters", 4)),
+                                 int(options.get("dim", 4096)), options.get("rotation", "0") == "1")
+    else:
+        figures = measure(groups, int(options.get("steps", 20)))
     print(RESULT_PREFIX + json.dumps(figures), flush=True)
 
 

@@ -4,6 +4,8 @@ and the group's epoch plan."""
 
 import json
 import os
+import subprocess
+import sys
 
 import numpy as np
 import pytest
@@ -158,3 +160,23 @@ def test_head_groups_that_do_not_fit_are_refused_with_one_line(tmp_path):
     status, lines = _launch(f"{ROOT}/tools/train.py", [*TRAIN_FLAGS, "--head_groups=4", f"--workdir={tmp_path}/b"])
     assert status == 2 and any("--head_groups: 4 groups must divide both the S=8 sub-class heads and the 2 "
                                "replicas" in line for line in lines)
+
+
+MIRRORED = """
+import tensorflow as tf
+cpu = tf.config.list_physical_devices("CPU")[0]
+tf.config.set_logical_device_configuration(cpu, [tf.config.LogicalDeviceConfiguration()] * 2)
+from keras_dc import distribute, train
+from keras_dc.config import Config, ConfigError
+config = Config(workdir="unused", k=8, super_clusters=2, head_groups="2")
+try:
+    train.resolve_head_groups(config, distribute.get_strategy("mirrored"))
+except ConfigError as error:
+    print("REFUSED", error)
+"""
+
+
+def test_head_groups_on_several_devices_of_one_process_are_refused_naming_the_launcher():
+    completed = subprocess.run([sys.executable, "-c", MIRRORED], capture_output=True, text=True, timeout=300)
+    assert "REFUSED --head_groups: 2 groups need one replica per process" in completed.stdout, completed.stderr
+    assert "launch_local.py --gpus_per_worker=1" in completed.stdout

@@ -41,3 +41,24 @@ def test_dry_run_prints_the_plan_and_touches_no_data(tmp_path):
     assert completed.returncode == 0, completed.stderr
     assert "S=8 heads x 10 outputs" in completed.stdout and "optimizer_slots" in completed.stdout
     assert not os.path.exists(tmp_path / "run")
+
+
+def test_plan_with_head_groups_counts_one_groups_heads_and_the_all_reduce():
+    """A replica of 4 groups holds S/4 of the sub-class heads (its model's own variables), and only the
+    body and the super-class head are all-reduced over every replica."""
+    from keras_dc import head_groups
+
+    config = Config(k=60, super_clusters=2, rotation=True, batch_size=16)  # S = 8 heads of 30 classes
+    image = keras.Input((4, 4, 3))
+    backbone = keras.Model(image, keras.layers.Dense(7)(keras.layers.Flatten()(image)))
+    layout = head_groups.layout(config.super_classes, 4, replica=5, replicas=8)
+    model = DeeperClusterModel(backbone, config.super_classes, config.sub_classes, layout)
+    figures = memory_plan.plan(config, 8, backbone, groups=4)
+    heads = [w for layer in model.head_layers for w in layer.trainable_weights]
+    assert figures["heads"] == _bytes(heads)
+    assert figures["optimizer_slots"] == _bytes(model.get_layer("sub_heads").momentums) + _bytes(
+        [*backbone.trainable_weights, *model.get_layer("super_head").weights])
+    assert figures["allreduce_all_replicas"] == _bytes([*backbone.trainable_weights,
+                                                        *model.get_layer("super_head").weights])
+    assert figures["allreduce_in_group"] == _bytes(model.get_layer("sub_heads").trainable_weights)
+    assert memory_plan.plan(config, 8, backbone)["allreduce_in_group"] == 0

@@ -49,8 +49,9 @@ def build_model(config: Config, sync_batchnorm: bool = False, layout: HeadLayout
 
 def head_layout(config: Config, strategy: tf.distribute.Strategy) -> HeadLayout:
     """Which heads this process's replica owns (check_settings made sure it has one when grouped)."""
-    worker = distribute.worker_position(strategy)[0]
-    return head_groups.layout(config.super_classes, int(config.head_groups), worker, strategy.num_replicas_in_sync)
+    replicas = strategy.num_replicas_in_sync
+    groups = head_groups.resolve(config.head_groups, config.super_classes, replicas)
+    return head_groups.layout(config.super_classes, groups, distribute.worker_position(strategy)[0], replicas)
 
 
 def setting_errors(data_field: str = "data") -> contextlib.AbstractContextManager:

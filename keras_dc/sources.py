@@ -142,31 +142,44 @@ class ImageSource:
 
     def load_checked(self, index: tf.Tensor) -> tuple[tf.Tensor, tf.Tensor]:
         """(image, whether it could be read and decoded): an image of `reader` that cannot be gives a
-        small black image and False, is added to `failed` and is not tried again."""
+        small black image and False, is added to `failed` and is not tried again. Its first decode in
+        a run is guarded; later reads of the same bytes (the reader checks the file's size) are not,
+        which saves the guard's cost (docs/scaling.md, "Millions of images")."""
         if self.sizes is not None:
             size = tf.gather(self._size_tensor, index)
             return tf.gather(self._image_tensor, index)[:size[0], :size[1]], tf.constant(True)
         if self.images is not None:
             return tf.gather(self._image_tensor, index), tf.constant(True)
-        payload = tf.numpy_function(self._read, [index], tf.string, stateful=True)
+        payload, decoded_before = tf.numpy_function(self._read, [index], (tf.string, tf.bool), stateful=True)
         payload.set_shape([])
+        decoded_before.set_shape([])
+        return tf.cond(decoded_before, lambda: (decode_bytes(payload), tf.constant(True)),
+                       lambda: self._first_decode(index, payload))
+
+    def _first_decode(self, index: tf.Tensor, payload: tf.Tensor) -> tuple[tf.Tensor, tf.Tensor]:
+        """guarded_decode(payload), its outcome recorded for image `index`."""
         image, decoded = guarded_decode(payload)
-        recorded = lambda: tf.numpy_function(self._undecodable, [index], tf.bool, stateful=True)  # noqa: E731
-        found = tf.cond(decoded | (tf.strings.length(payload) == 0), lambda: decoded, recorded)
+        found = tf.numpy_function(self._record_decode, [index, decoded, tf.strings.length(payload) > 0], tf.bool,
+                                  stateful=True)
         found.set_shape([])
         return image, found
 
-    def _read(self, position: np.int32) -> bytes:
-        """The encoded bytes of an image still usable, else b"" (and the image is marked failed)."""
+    def _read(self, position: np.int32) -> tuple[bytes, np.bool_]:
+        """(the encoded bytes of an image still usable, whether they decoded before in this run), or
+        (b"", False) (and the image is marked failed)."""
         payload = self.reader.read(int(position)) if self.usable[position] else b""
         if not payload and self.usable[position]:
             self._fail(int(position))
-        return payload
+        return payload, np.bool_(bool(payload) and self._decoded[position])
 
-    def _undecodable(self, position: np.int32) -> np.bool_:
-        """Records that the image read at `position` does not decode; returns False (not found)."""
-        self._fail(int(position))
-        return np.False_
+    def _record_decode(self, position: np.int32, decoded: np.bool_, read: np.bool_) -> np.bool_:
+        """Records a first decode: a success spares the image the guard from then on; bytes that were
+        read and do not decode are a failure. Returns `decoded`."""
+        if decoded:
+            self._decoded[position] = True
+        elif read:
+            self._fail(int(position))
+        return np.bool_(decoded)
 
     def _fail(self, position: int) -> None:
         """Marks an image that could not be read or decoded: skipped from now on, and in a resumed run."""
@@ -183,6 +196,8 @@ class ImageSource:
             self._size_tensor = tf.constant(self.sizes.astype(np.int32))
         if self.reader is not None and self.usable is None:
             self.usable = np.ones(self.num_images, bool)
+        if self.reader is not None:
+            self._decoded = np.zeros(self.num_images, bool)  # decoded whole once in this run
         self._lock = threading.Lock()
 
 

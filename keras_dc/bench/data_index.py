@@ -2,13 +2,17 @@
 and a resumed run's time to its first step (docs/scaling.md, "Millions of images").
 
     python -m keras_dc.bench.data_index write DIR N         N tiny 32x32 PNGs, 1,000 per subfolder
-    python -m keras_dc.bench.data_index index DIR [WORKDIR] load DIR as a fresh run does, then as a
-                                                            resumed one (its index saved in WORKDIR)
+    python -m keras_dc.bench.data_index index DATA [WORKDIR] load DATA (a folder or shards:DIR) as a
+                                                            fresh run does, then a folder as a resumed
+                                                            run does (its index saved in WORKDIR)
+    python -m keras_dc.bench.data_index read DATA N         clustering views of images [0, N) of DATA,
+                                                            twice
+    python -m keras_dc.bench.data_index decode N            N tiny PNGs decoded, plain and guarded
     python -m keras_dc.bench.data_index first_step FLAGS... tools/train.py FLAGS, stopped (SIGKILL) at
                                                             its first training step
 
-`index` prints JSON: seconds and peak RSS above the RSS after importing TensorFlow; `first_step`
-prints the seconds from the process's start to the end of its first step.
+`index` prints JSON: seconds and peak RSS above the RSS after importing TensorFlow; `read` and
+`decode` images/s; `first_step` the seconds from the process's start to the end of its first step.
 """
 
 from __future__ import annotations
@@ -49,27 +53,63 @@ def peak_rss_gb() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20
 
 
-def index_figures(root: str, workdir: str = "") -> dict[str, float]:
-    """Seconds and peak RSS above TensorFlow's of loading `root` fresh, then by the index saved in `workdir`."""
+def index_figures(spec: str, workdir: str = "") -> dict[str, float]:
+    """Seconds and peak RSS above TensorFlow's of loading `spec` fresh, then by the index saved in `workdir`."""
     import tensorflow as tf  # noqa: F401
 
     from keras_dc import sources, workdir as workdir_lib
 
     baseline = peak_rss_gb()
     start = time.perf_counter()
-    source = sources.folder_source(root)
-    figures = {"files": source.num_images, "fresh_seconds": time.perf_counter() - start,
-               "fresh_peak_rss_gb_above_tf": peak_rss_gb() - baseline,
-               "index_bytes": int(source.index.names_utf8.nbytes + source.index.starts.nbytes
-                                  + source.index.file_bytes.nbytes + source.index.failed.nbytes)}
+    source = sources.load_source(spec, 16)
+    figures = {"images": source.num_images, "fresh_seconds": time.perf_counter() - start,
+               "fresh_peak_rss_gb_above_tf": peak_rss_gb() - baseline}
+    if source.index is not None:
+        figures["index_bytes"] = sum(int(array.nbytes) for array in (
+            source.index.names_utf8, source.index.starts, source.index.file_bytes, source.index.failed))
     if workdir:
         workdir_lib.save_data_index(workdir, source.index)
         del source
         start = time.perf_counter()
-        resumed = sources.folder_source(root, index=workdir_lib.data_index(workdir))
+        resumed = sources.folder_source(spec, index=workdir_lib.data_index(workdir))
         figures.update(resume_seconds=time.perf_counter() - start, resume_images=resumed.num_images,
                        peak_rss_gb_above_tf=peak_rss_gb() - baseline)
     return figures
+
+
+def read_rate(spec: str, count: int) -> dict[str, float]:
+    """Images/s of the clustering view (read, decode, resize) of images [0, count) of `spec`."""
+    from keras_dc import data, sources
+
+    source = sources.load_source(spec, 16)
+    dataset = data.clustering_dataset(source, 16, 256, np.arange(count))
+    rates = {}
+    for name in ("first_pass", "second_pass"):  # the second decodes without the guard
+        start = time.perf_counter()
+        for _ in dataset:
+            pass
+        rates[f"{name}_images_per_second"] = count / (time.perf_counter() - start)
+    return {**rates, "failed": len(source.failed)}
+
+
+def decode_rates(count: int) -> dict[str, float]:
+    """Images/s of decoding `count` copies of one tiny PNG in a parallel map, with and without the guard
+    that turns a decode error into a skipped example."""
+    import tensorflow as tf
+    from PIL import Image
+
+    from keras_dc import sources
+
+    buffer = io.BytesIO()
+    Image.fromarray(np.zeros((32, 32, 3), np.uint8)).save(buffer, "PNG")
+    payloads = tf.data.Dataset.from_tensors(buffer.getvalue()).repeat(count)
+    rates = {}
+    for name, decode in (("plain", sources.decode_bytes), ("guarded", lambda p: sources.guarded_decode(p)[0])):
+        start = time.perf_counter()
+        for _ in payloads.map(decode, num_parallel_calls=tf.data.AUTOTUNE):
+            pass
+        rates[f"{name}_images_per_second"] = count / (time.perf_counter() - start)
+    return rates
 
 
 def seconds_since_start() -> float:
@@ -107,6 +147,10 @@ def main(argv: list[str]) -> None:
         write_folder(args[0], int(args[1]))
     elif command == "index":
         print(json.dumps(index_figures(*args), indent=1))
+    elif command == "read":
+        print(json.dumps(read_rate(args[0], int(args[1]))))
+    elif command == "decode":
+        print(json.dumps(decode_rates(int(args[0]))))
     elif command == "first_step":
         first_step(args)
     else:

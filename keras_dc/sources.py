@@ -387,7 +387,7 @@ def scan_folder(path: str, max_bytes: int) -> tuple[dict[str, int], list[str]]:
     found: dict[str, int] = {}
     skipped: list[str] = []
     subfolders = _scan_one(path, prefix, max_bytes, found, skipped)
-    stage = progress.Stage(f"data: listing {path}", len(subfolders), "folder")
+    stage = progress.Stage("data: listing the folder", len(subfolders), "folder")
     with concurrent.futures.ThreadPoolExecutor(SCAN_THREADS) as pool:
         parts = pool.map(lambda folder: _scan_tree(folder, prefix, max_bytes), subfolders)
         for done, (part, part_skipped) in enumerate(parts, 1):

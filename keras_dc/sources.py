@@ -9,10 +9,10 @@ every entry left out is reported. A file is read and decoded when training or
 clustering needs it; one that cannot be (empty, truncated, not an image whatever
 its extension, gone or changed since indexed) is skipped there, not a crash: its
 example weighs 0, it is counted, and it is never tried again in this run. A
-workdir keeps the list it indexed (a DataIndex, with the files found
-failed): a resumed run indexes the folder by that list, refuses files it does
-not hold (a rename would shift labels), keeps its place for a file gone or
-damaged since, and skips the failed ones without trying them again.
+workdir keeps the list it indexed (a DataIndex, marking the files that failed):
+a resumed run indexes the folder by that list, refuses files it does not hold
+(a rename would shift labels), keeps its place for a file gone or damaged
+since, and skips the failed ones without trying them again.
 """
 
 from __future__ import annotations

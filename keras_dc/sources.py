@@ -326,11 +326,12 @@ def indexed_folder_source(path: str, found: dict[str, int], skipped: list[str], 
     in use before, keep their index and are reported (training skips them); files the index lacks
     are refused, unless they do not decode (an index of an earlier version left such files out)."""
     names = index.names
-    indexed = set(names)
-    left_out = _undecodable_new_files(path, sorted(name for name in found if name not in indexed))
-    del indexed
-    same = np.fromiter((found.get(name) == size for name, size in zip(names, index.file_bytes.tolist())), bool,
-                       len(names))
+    sizes = np.fromiter((found.get(name, -1) for name in names), np.int64, len(names))
+    same = sizes == index.file_bytes
+    left_out = []
+    if len(found) > np.count_nonzero(sizes >= 0):  # files the index lacks: rare, so only then a set
+        indexed = set(names)
+        left_out = _undecodable_new_files(path, sorted(name for name in found if name not in indexed))
     del found
     usable = same & ~index.failed
     reasons = ("missing or changed since indexed", "could not be read or decoded in an earlier run")

@@ -20,7 +20,7 @@ from keras_dc.distribute import Collective
 from keras_dc.feature_cache import CacheSettings
 from keras_dc.head_groups import HeadLayout
 from keras_dc.preemption import Preempted, StopRequest
-from keras_dc.sources import ImageSource
+from keras_dc.sources import ImageSource, SourceError
 from keras_dc.workdir import Assignment, Position, TrainingCheckpoints
 
 
@@ -136,22 +136,32 @@ class ReclusterCallback(keras.callbacks.Callback):
 
 
 class ReportFailedImages(keras.callbacks.Callback):
-    """After each epoch, reports the image files that could not be read while training or clustering
-    (gone, changed or no longer regular since the folder was indexed): they were skipped, not fatal."""
+    """After each epoch, reports the images that could not be read or decoded while training or
+    clustering (they were skipped: weight 0, never tried again) and calls `record` (the chief saves
+    the workdir's data index, so that a resumed run skips them too); stops the run with a SourceError
+    when no image of the data could be read at all."""
 
-    def __init__(self, source: ImageSource, log: Callable[[str], None] = print, shown: int = 5):
+    def __init__(self, source: ImageSource, log: Callable[[str], None] = print, shown: int = 5,
+                 record: Callable[[], None] | None = None):
         super().__init__()
         self.source = source
         self.log = log
         self.shown = shown
+        self.record = record
         self.reported: set[str] = set()
 
     def on_epoch_end(self, epoch, logs=None):
         new = sorted(self.source.failed - self.reported)
-        if new:
-            self.reported.update(new)
-            self.log(f"data: skipped {len(new)} files that became unreadable during epoch {epoch + 1} "
-                     f"({len(self.reported)} in all); first ones: {', '.join(new[:self.shown])}")
+        if not new:
+            return
+        self.reported.update(new)
+        if self.record:
+            self.record()
+        self.log(f"data: skipped {len(new)} files that could not be read or decoded during epoch {epoch + 1} "
+                 f"({len(self.reported)} in all); first ones: {', '.join(new[:self.shown])}")
+        if not self.source.usable.any():
+            raise SourceError(f"none of the {self.source.num_images} images of {self.source.description} "
+                              f"can be read or decoded (first: {new[0]})")
 
 
 class NonFiniteLoss(workdir_lib.Diverged):

@@ -1,24 +1,29 @@
-"""Where images come from: a data specification (digits, synthetic, tfds:NAME, a folder) turned into an ImageSource.
+"""Where images come from: a data specification (digits, synthetic, tfds:NAME, shards:DIR, a folder)
+turned into an ImageSource.
 
 Every source is indexable: image n is always image n, whatever the shuffling,
 so that the index-to-label tables stay valid. Nothing is downloaded here.
-Image folders are checked once when loaded: only regular files of at most
---max_image_mb are opened (never a FIFO, a device or a link to one), and files
-TensorFlow cannot decode (empty, truncated, not an image whatever their
-extension) are left out before indices are given; every entry left out is
-reported. A workdir keeps the list it indexed (a DataIndex): a resumed run
-indexes the folder by that list, refuses files it does not hold (a rename would
-shift labels) and keeps its place for a file gone or damaged since. A file that
-disappears or changes while training is read as missing: skipped, not a crash.
+Image folders are listed, never decoded, when loaded: only regular files of at
+most --max_image_mb are indexed (never a FIFO, a device or a link to one), and
+every entry left out is reported. A file is read and decoded when training or
+clustering needs it; one that cannot be (empty, truncated, not an image whatever
+its extension, gone or changed since indexed) is skipped there, not a crash: its
+example weighs 0, it is counted, and it is never tried again in this run. A
+workdir keeps the list it indexed (a DataIndex, marking the files that failed):
+a resumed run indexes the folder by that list, refuses files it does not hold
+(a rename would shift labels), keeps its place for a file gone or damaged
+since, and skips the failed ones without trying them again.
 """
 
 from __future__ import annotations
 
+import concurrent.futures
 import dataclasses
 import os
 import stat
-import struct
 import threading
+from collections.abc import Iterable
+from typing import Protocol
 
 import numpy as np
 import tensorflow as tf
@@ -28,6 +33,8 @@ from keras_dc.config import MAX_IMAGE_MB
 
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".gif", ".webp")
 SYNTHETIC_CLASSES = 10
+SHARDS_PREFIX = "shards:"
+SCAN_THREADS = 16  # folders listed at once: stat calls wait on the file system, not on the GIL
 
 
 class SourceError(ValueError):
@@ -44,10 +51,67 @@ class DataChangedError(SourceError):
 
 @dataclasses.dataclass(frozen=True)
 class DataIndex:
-    """The image files of a folder, in index order: paths relative to the folder and sizes in bytes."""
+    """The image files of a folder, in index order: paths relative to the folder, sizes in bytes, and
+    which failed to read or decode when used (updated in place as training finds them).
 
-    names: tuple[str, ...]
+    The paths are one UTF-8 blob, each followed by a NUL (which no file name holds), with the start of
+    each: 10^8 paths take their bytes plus 8 each, not the ~80 of as many Python strings.
+    """
+
+    names_utf8: np.ndarray  # (B,) uint8
+    starts: np.ndarray  # (N + 1,) int64: path i is names_utf8[starts[i]:starts[i + 1] - 1]
     file_bytes: np.ndarray  # (N,) int64
+    failed: np.ndarray  # (N,) bool
+
+    @classmethod
+    def from_blob(cls, names_utf8: np.ndarray, file_bytes: np.ndarray,
+                  failed: np.ndarray | None = None) -> DataIndex:
+        """The index of NUL-terminated paths in `names_utf8` (as saved in a workdir)."""
+        starts = np.concatenate([[0], np.flatnonzero(names_utf8 == 0) + 1]).astype(np.int64)
+        flags = np.zeros(len(file_bytes), bool) if failed is None else np.asarray(failed, bool).copy()
+        return cls(names_utf8, starts, np.asarray(file_bytes, np.int64), flags)
+
+    @classmethod
+    def from_names(cls, names: Iterable[str], file_bytes: np.ndarray) -> DataIndex:
+        """The index of these relative paths and sizes, none known to fail."""
+        blob = "".join(f"{name}\0" for name in names).encode("utf-8")
+        return cls.from_blob(np.frombuffer(blob, np.uint8), file_bytes)
+
+    def __len__(self) -> int:
+        return len(self.file_bytes)
+
+    def name(self, position: int) -> str:
+        """The relative path of image `position`."""
+        return self.names_utf8[self.starts[position]:self.starts[position + 1] - 1].tobytes().decode("utf-8")
+
+    @property
+    def names(self) -> list[str]:
+        """Every relative path, in index order (a list of Python strings: for comparisons, not to keep)."""
+        return self.names_utf8.tobytes().decode("utf-8").split("\0")[:-1]
+
+
+class Reader(Protocol):
+    """Reads the encoded bytes of image n of a source that lives in files."""
+
+    def read(self, position: int) -> bytes:
+        """The encoded image, or b"" when it cannot be read (gone, changed, damaged)."""
+
+    def describe(self, position: int) -> str:
+        """Where image `position` lives, in words (a path, a shard record)."""
+
+
+@dataclasses.dataclass(frozen=True)
+class FolderReader:
+    """The files of a DataIndex below `root`, each read only if it is still the regular file of its size."""
+
+    root: str
+    index: DataIndex
+
+    def read(self, position: int) -> bytes:
+        return read_regular_file(self.describe(position), int(self.index.file_bytes[position]))
+
+    def describe(self, position: int) -> str:
+        return os.path.join(self.root, self.index.name(position))
 
 
 @dataclasses.dataclass
@@ -57,14 +121,14 @@ class ImageSource:
     description: str
     num_images: int
     images: np.ndarray | None = None  # (N, H, W, 3) uint8, for in-memory sources
-    paths: np.ndarray | None = None  # (N,) str, for image folders
+    reader: Reader | None = None  # for images read from files (a folder, shards)
     labels: np.ndarray | None = None
     class_names: tuple[str, ...] | None = None
-    unreadable: tuple[str, ...] = ()  # entries of a folder that were left out (or are missing), with reasons
+    unreadable: tuple[str, ...] = ()  # entries left out or skipped from the start, with reasons
     sizes: np.ndarray | None = None  # (N, 2) heights and widths of images of several shapes, padded into `images`
     index: DataIndex | None = None  # for image folders: the files indexed (what a workdir records)
-    usable: np.ndarray | None = None  # (N,) bool: which indexed files were found readable when loaded
-    failed: set[str] = dataclasses.field(default_factory=set)  # files of `paths` that could not be read in use
+    usable: np.ndarray | None = None  # (N,) bool, for `reader`: False for images skipped without trying
+    failed: set[str] = dataclasses.field(default_factory=set)  # images of `reader` that failed in use
 
     @property
     def same_size(self) -> bool:
@@ -77,38 +141,63 @@ class ImageSource:
         return self.load_checked(index)[0]
 
     def load_checked(self, index: tf.Tensor) -> tuple[tf.Tensor, tf.Tensor]:
-        """(image, whether it could be read): a file of a folder that is gone, changed size or is no
-        longer a regular file gives a small black image and False, and is added to `failed`."""
+        """(image, whether it could be read and decoded): an image of `reader` that cannot be gives a
+        small black image and False, is added to `failed` and is not tried again. Its first decode in
+        a run is guarded; later reads of the same bytes (the reader checks the file's size) are not,
+        which saves the guard's cost (docs/scaling.md, "Millions of images")."""
         if self.sizes is not None:
             size = tf.gather(self._size_tensor, index)
             return tf.gather(self._image_tensor, index)[:size[0], :size[1]], tf.constant(True)
         if self.images is not None:
             return tf.gather(self._image_tensor, index), tf.constant(True)
-        payload = tf.numpy_function(self._read, [tf.gather(self._path_tensor, index),
-                                                 tf.gather(self._bytes_tensor, index)], tf.string, stateful=True)
+        payload, decoded_before = tf.numpy_function(self._read, [index], (tf.string, tf.bool), stateful=True)
         payload.set_shape([])
-        found = tf.strings.length(payload) > 0
-        return decode_bytes(tf.where(found, payload, BLANK_BMP)), found  # no tf.cond: cheaper per image
+        decoded_before.set_shape([])
+        return tf.cond(decoded_before, lambda: (decode_bytes(payload), tf.constant(True)),
+                       lambda: self._first_decode(index, payload))
 
-    def _read(self, path: bytes, expected_bytes: np.int64) -> bytes:
-        """The bytes of the file if it is still the regular file of the expected size, else b""."""
-        payload = read_regular_file(path, int(expected_bytes))
-        if not payload:
-            with self._lock:
-                self.failed.add(os.fsdecode(path))
-        return payload
+    def _first_decode(self, index: tf.Tensor, payload: tf.Tensor) -> tuple[tf.Tensor, tf.Tensor]:
+        """guarded_decode(payload), its outcome recorded for image `index`."""
+        image, decoded = guarded_decode(payload)
+        found = tf.numpy_function(self._record_decode, [index, decoded, tf.strings.length(payload) > 0], tf.bool,
+                                  stateful=True)
+        found.set_shape([])
+        return image, found
+
+    def _read(self, position: np.int32) -> tuple[bytes, np.bool_]:
+        """(the encoded bytes of an image still usable, whether they decoded before in this run), or
+        (b"", False) (and the image is marked failed)."""
+        payload = self.reader.read(int(position)) if self.usable[position] else b""
+        if not payload and self.usable[position]:
+            self._fail(int(position))
+        return payload, np.bool_(bool(payload) and self._decoded[position])
+
+    def _record_decode(self, position: np.int32, decoded: np.bool_, read: np.bool_) -> np.bool_:
+        """Records a first decode: a success spares the image the guard from then on; bytes that were
+        read and do not decode are a failure. Returns `decoded`."""
+        if decoded:
+            self._decoded[position] = True
+        elif read:
+            self._fail(int(position))
+        return np.bool_(decoded)
+
+    def _fail(self, position: int) -> None:
+        """Marks an image that could not be read or decoded: skipped from now on, and in a resumed run."""
+        with self._lock:
+            self.usable[position] = False
+            if self.index is not None:
+                self.index.failed[position] = True
+            self.failed.add(self.reader.describe(position))
 
     def __post_init__(self):
         if self.images is not None:
             self._image_tensor = tf.constant(self.images)
         if self.sizes is not None:
             self._size_tensor = tf.constant(self.sizes.astype(np.int32))
-        if self.paths is not None:
-            self._path_tensor = tf.constant(self.paths)
-            expected = np.full(len(self.paths), -1)  # -1: any size; -2: none (the loader skips the file)
-            if self.index is not None:
-                expected = np.where(self.usable, self.index.file_bytes, -2)
-            self._bytes_tensor = tf.constant(np.asarray(expected, np.int64))
+        if self.reader is not None and self.usable is None:
+            self.usable = np.ones(self.num_images, bool)
+        if self.reader is not None:
+            self._decoded = np.zeros(self.num_images, bool)  # decoded whole once in this run
         self._lock = threading.Lock()
 
 
@@ -131,59 +220,39 @@ def read_regular_file(path: bytes | str, expected_bytes: int = -1) -> bytes:
         os.close(handle)
 
 
-def blank_bmp(side: int = 8) -> bytes:
-    """A black side x side 24-bit BMP, decoded in place of a file that cannot be read."""
-    pixels = b"\0" * ((side * 3 + 3) // 4 * 4 * side)  # rows padded to 4 bytes
-    header = struct.pack("<2sIHHI", b"BM", 54 + len(pixels), 0, 0, 54)
-    info = struct.pack("<IiiHHIIiiII", 40, side, side, 1, 24, 0, len(pixels), 2835, 2835, 0, 0)
-    return header + info + pixels
-
-
-BLANK_BMP = blank_bmp()
+BLANK_SIDE = 8  # the black image that stands for one that cannot be read (its example weighs 0)
 
 
 def decode_bytes(payload: tf.Tensor) -> tf.Tensor:
-    """The uint8 (H, W, 3) image encoded in `payload` (JPEG, PNG, GIF, BMP or WebP)."""
+    """The uint8 (H, W, 3) image encoded in `payload` (JPEG, PNG, GIF, BMP or WebP); fails on anything else."""
     image = tf.io.decode_image(payload, channels=3, expand_animations=False)
     image.set_shape([None, None, 3])
     return image
 
 
-def decode_file(path: tf.Tensor) -> tf.Tensor:
-    """The uint8 (H, W, 3) image in a file (JPEG, PNG, GIF, BMP or WebP, whatever its extension)."""
-    return decode_bytes(tf.io.read_file(path))
-
-
-def readable(paths: np.ndarray) -> np.ndarray:
-    """A boolean mask of the files that decode_file reads without error, decoded in parallel.
-
-    The same decoder as training is used, so a file kept here cannot fail there.
-    """
-    if not len(paths):
-        return np.zeros(0, bool)
-    path_tensor = tf.constant(paths)
-    dataset = tf.data.Dataset.range(len(paths)).map(
-        lambda index: (index, tf.shape(decode_file(tf.gather(path_tensor, index)))),
-        num_parallel_calls=tf.data.AUTOTUNE, deterministic=False).ignore_errors()
-    mask = np.zeros(len(paths), bool)
-    stage = progress.Stage("data: reading the folder", len(paths), "file")
-    for done, (index, _) in enumerate(dataset.as_numpy_iterator(), 1):
-        mask[index] = True
-        stage.update(done)
-    stage.update(len(paths))
-    return mask
+def guarded_decode(payload: tf.Tensor) -> tuple[tf.Tensor, tf.Tensor]:
+    """(decode_bytes(payload), True), or (a black image, False) when it fails: the decode runs in a
+    one-element dataset whose errors are ignored, the graph's own try/except, so that a bad file
+    found in the middle of an epoch costs one example and not the run."""
+    decoded = tf.data.Dataset.from_tensors(payload).map(decode_bytes).ignore_errors()
+    blank = tf.data.Dataset.from_tensors((tf.zeros([BLANK_SIDE, BLANK_SIDE, 3], tf.uint8), False))
+    return decoded.map(lambda image: (image, True)).concatenate(blank).take(1).get_single_element()
 
 
 def load_source(spec: str, image_size: int, tfds_data_dir: str = "", synthetic_size: int = 512,
                 seed: int = 0, max_image_mb: float = MAX_IMAGE_MB, index: DataIndex | None = None) -> ImageSource:
-    """Parses a `--data` value: digits, synthetic, tfds:NAME[:SPLIT] or a folder path (read with
-    folder_source's `max_image_mb` and `index`)."""
+    """Parses a `--data` value: digits, synthetic, tfds:NAME[:SPLIT], shards:DIR (written by
+    tools/make_shards.py) or a folder path (read with folder_source's `max_image_mb` and `index`)."""
     if spec == "digits":
         return digits_source(image_size)
     if spec == "synthetic":
         return synthetic_source(synthetic_size, image_size, seed)
     if spec.startswith("tfds:"):
         return tfds_source(spec, image_size, tfds_data_dir)
+    if spec.startswith(SHARDS_PREFIX):
+        from keras_dc import shards
+
+        return shards.shard_source(spec[len(SHARDS_PREFIX):])
     return folder_source(spec, max_image_mb, index)
 
 
@@ -235,10 +304,11 @@ def synthetic_source(num_images: int, image_size: int, seed: int = 0) -> ImageSo
 
 
 def folder_source(path: str, max_image_mb: float = MAX_IMAGE_MB, index: DataIndex | None = None) -> ImageSource:
-    """Every image file below `path`; first-level subfolders, if any, name the classes. With `index` (the
-    list a workdir indexed), files keep their indices; a file the index lacks is a DataChangedError."""
+    """Every image file below `path` (listed, not read); first-level subfolders, if any, name the classes.
+    With `index` (the list a workdir indexed), files keep their indices; a file the index lacks is a
+    DataChangedError."""
     if not os.path.isdir(path):
-        raise SourceError(f"{path!r} is not digits, synthetic, tfds:NAME or an existing folder")
+        raise SourceError(f"{path!r} is not digits, synthetic, tfds:NAME, shards:DIR or an existing folder")
     found, skipped = scan_folder(path, int(max_image_mb * 2**20))
     if index is not None:
         return indexed_folder_source(path, found, skipped, index)
@@ -246,86 +316,135 @@ def folder_source(path: str, max_image_mb: float = MAX_IMAGE_MB, index: DataInde
         raise SourceError(f"no image files ({', '.join(IMAGE_EXTENSIONS)}) found below {path}"
                           + (f"; skipped: {', '.join(skipped[:3])}" if skipped else ""))
     names = sorted(found)
-    mask = readable(np.array([os.path.join(path, name) for name in names]))
-    unreadable = tuple(skipped) + tuple(f"{os.path.join(path, name)} (cannot be decoded)"
-                                        for name, ok in zip(names, mask) if not ok)
-    names = [name for name, ok in zip(names, mask) if ok]
-    if not names:
-        raise SourceError(f"none of the {len(unreadable)} image files below {path} can be decoded "
-                          f"(first: {unreadable[0]})")
-    index = DataIndex(tuple(names), np.array([found[name] for name in names], np.int64))
-    return _folder_images(path, index, np.ones(len(names), bool), unreadable)
+    index = DataIndex.from_names(names, np.fromiter((found[name] for name in names), np.int64, len(names)))
+    del found
+    return _folder_images(path, index, names, np.ones(len(names), bool), tuple(skipped))
 
 
 def indexed_folder_source(path: str, found: dict[str, int], skipped: list[str], index: DataIndex) -> ImageSource:
-    """The folder's files in the order of `index`; files gone, resized or undecodable since keep their
-    index and are reported (training skips them); files the index lacks are refused."""
-    indexed = set(index.names)
-    new = sorted(name for name in found if name not in indexed)
-    if new:
-        raise DataChangedError(f"{len(new)} image files below {path} are not in the list this workdir indexed "
-                               f"(first: {os.path.join(path, new[0])}): files were added or renamed, which "
-                               f"would shift every label; restore the data, use another --workdir, or pass "
-                               f"--reindex_data to index the folder again and re-cluster")
-    same = np.array([found.get(name) == size for name, size in zip(index.names, index.file_bytes)])
-    mask = np.zeros(len(index.names), bool)
-    mask[same] = readable(np.array([os.path.join(path, name) for name, ok in zip(index.names, same) if ok]))
-    unreadable = tuple(skipped) + tuple(
-        f"{os.path.join(path, name)} ({'cannot be decoded' if ok else 'missing or changed since indexed'})"
-        for name, ok, good in zip(index.names, same, mask) if not good)
-    if not mask.any():
-        raise SourceError(f"none of the {len(index.names)} image files indexed below {path} can be read now "
+    """The folder's files in the order of `index`; files gone or resized since, and those that failed
+    in use before, keep their index and are reported (training skips them); files the index lacks
+    are refused, unless they do not decode (an index of an earlier version left such files out)."""
+    names = index.names
+    sizes = np.fromiter((found.get(name, -1) for name in names), np.int64, len(names))
+    same = sizes == index.file_bytes
+    left_out = []
+    if len(found) > np.count_nonzero(sizes >= 0):  # files the index lacks: rare, so only then a set
+        indexed = set(names)
+        left_out = _undecodable_new_files(path, sorted(name for name in found if name not in indexed))
+    del found
+    usable = same & ~index.failed
+    reasons = ("missing or changed since indexed", "could not be read or decoded in an earlier run")
+    unreadable = tuple(sorted(skipped + left_out)) + tuple(f"{os.path.join(path, name)} ({reasons[int(ok)]})"
+                                                           for name, ok, good in zip(names, same, usable) if not good)
+    if not usable.any():
+        raise SourceError(f"none of the {len(names)} image files indexed below {path} can be read now "
                           f"(first: {unreadable[0]})")
-    return _folder_images(path, index, mask, unreadable)
+    return _folder_images(path, index, names, usable, unreadable)
 
 
-def _folder_images(path: str, index: DataIndex, usable: np.ndarray, unreadable: tuple[str, ...]) -> ImageSource:
-    """The ImageSource of the indexed files of a folder (labelled when every file is in a subfolder)."""
-    top = [name.split("/")[0] if "/" in name else "" for name in index.names]
-    labels = class_names = None
-    if all(top):
-        class_names = tuple(sorted(set(top)))
-        labels = np.searchsorted(np.array(class_names), np.array(top)).astype(np.int32)
-    return ImageSource(f"folder {path} ({int(usable.sum())} images)", len(index.names),
-                       paths=np.array([os.path.join(path, name) for name in index.names]), labels=labels,
-                       class_names=class_names, unreadable=unreadable, index=index, usable=usable)
+def _undecodable_new_files(path: str, new: list[str]) -> list[str]:
+    """The skipped entries of files not in a workdir's index that cannot be decoded (so no index
+    is owed to them); a DataChangedError at the first that decodes: it was added or renamed."""
+    left_out = []
+    for number, name in enumerate(new):
+        payload = read_regular_file(os.path.join(path, name))
+        if payload and guarded_decode(tf.constant(payload))[1]:
+            raise DataChangedError(f"{len(new) - number} image files below {path} are not in the list this workdir "
+                                   f"indexed (first: {os.path.join(path, name)}): files were added or renamed, "
+                                   f"which would shift every label; restore the data, use another --workdir, or "
+                                   f"pass --reindex_data to index the folder again and re-cluster")
+        left_out.append(f"{os.path.join(path, name)} (cannot be decoded, not indexed)")
+    return left_out
+
+
+def _folder_images(path: str, index: DataIndex, names: list[str], usable: np.ndarray,
+                   unreadable: tuple[str, ...]) -> ImageSource:
+    """The ImageSource of the indexed files `names` of a folder (labelled when every file is in a subfolder)."""
+    labels, class_names = _class_labels(names)
+    return ImageSource(f"folder {path} ({int(usable.sum())} images)", len(index), reader=FolderReader(path, index),
+                       labels=labels, class_names=class_names, unreadable=unreadable, index=index, usable=usable)
+
+
+def _class_labels(names: list[str]) -> tuple[np.ndarray | None, tuple[str, ...] | None]:
+    """(class of each path, the sorted class names): the first-level subfolders, or (None, None) when
+    some file is not in one. Each path's class is found without keeping a string per path."""
+    seen: dict[str, int] = {}
+    first = np.fromiter((seen.setdefault(name.partition("/")[0] if "/" in name else "", len(seen))
+                         for name in names), np.int32, len(names))
+    if "" in seen:
+        return None, None
+    class_names = tuple(sorted(seen))
+    rank = {name: number for number, name in enumerate(class_names)}
+    return np.array([rank[name] for name in seen], np.int32)[first], class_names
 
 
 def scan_folder(path: str, max_bytes: int) -> tuple[dict[str, int], list[str]]:
     """({path relative to `path`: size} of the regular image files of at most max_bytes below it,
     every entry left out with the reason): special files, links to them, unreadable folders,
-    names that are not UTF-8 and oversized files are never opened."""
+    names that are not UTF-8 and oversized files are never opened. The first-level folders are
+    listed SCAN_THREADS at a time, with their progress."""
+    prefix = os.path.join(path, "")
     found: dict[str, int] = {}
     skipped: list[str] = []
-    on_error = lambda error: skipped.append(f"{printable(error.filename)} (unreadable folder: {error.strerror})")  # noqa: E731
-    for root, folders, names in os.walk(path, onerror=on_error):
-        skipped.extend(f"{printable(os.path.join(root, name))} (link to a folder, not followed)"
-                       for name in folders if os.path.islink(os.path.join(root, name)))
-        for name in sorted(names):
-            if not name.lower().endswith(IMAGE_EXTENSIONS):
-                continue
-            full = os.path.join(root, name)
-            reason = _entry_problem(full, max_bytes)
-            if reason:
-                skipped.append(f"{printable(full)} ({reason})")
-            else:
-                found[os.path.relpath(full, path).replace(os.sep, "/")] = os.stat(full).st_size
+    subfolders = _scan_one(path, prefix, max_bytes, found, skipped)
+    stage = progress.Stage("data: listing the folder", len(subfolders), "folder")
+    with concurrent.futures.ThreadPoolExecutor(SCAN_THREADS) as pool:
+        parts = pool.map(lambda folder: _scan_tree(folder, prefix, max_bytes), subfolders)
+        for done, (part, part_skipped) in enumerate(parts, 1):
+            found.update(part)
+            skipped.extend(part_skipped)
+            stage.update(done)
     return found, sorted(skipped)
 
 
-def _entry_problem(path: str, max_bytes: int) -> str:
-    """Why the entry at `path` is not an image file to open, or "" when it is one."""
-    if printable(path) != path:
-        return "file name is not UTF-8"
+def _scan_tree(folder: str, prefix: str, max_bytes: int) -> tuple[dict[str, int], list[str]]:
+    """scan_folder's result for the tree below `folder`, paths relative to `prefix`."""
+    found: dict[str, int] = {}
+    skipped: list[str] = []
+    pending = [folder]
+    while pending:
+        pending.extend(_scan_one(pending.pop(), prefix, max_bytes, found, skipped))
+    return found, skipped
+
+
+def _scan_one(folder: str, prefix: str, max_bytes: int, found: dict[str, int], skipped: list[str]) -> list[str]:
+    """Adds the image files of `folder` itself to `found` (and what it leaves out to `skipped`);
+    returns its subfolders (links to folders are reported, never followed)."""
     try:
-        info = os.stat(path)
+        with os.scandir(folder) as listing:
+            entries = list(listing)
     except OSError as error:
-        return f"cannot be read: {error.strerror}"
+        skipped.append(f"{printable(folder)} (unreadable folder: {error.strerror})")
+        return []
+    subfolders = []
+    for entry in entries:
+        if entry.is_dir(follow_symlinks=False):
+            subfolders.append(entry.path)
+        elif entry.is_symlink() and entry.is_dir():
+            skipped.append(f"{printable(entry.path)} (link to a folder, not followed)")
+        elif entry.name.lower().endswith(IMAGE_EXTENSIONS):
+            size, reason = _entry_size(entry, max_bytes)
+            if reason:
+                skipped.append(f"{printable(entry.path)} ({reason})")
+            else:
+                found[entry.path[len(prefix):]] = size
+    return sorted(subfolders)
+
+
+def _entry_size(entry: os.DirEntry, max_bytes: int) -> tuple[int, str]:
+    """(size, "") of an image file to index, or (0, why it is not one)."""
+    if printable(entry.path) != entry.path:
+        return 0, "file name is not UTF-8"
+    try:
+        info = entry.stat()  # follows a link, to what would be opened
+    except OSError as error:
+        return 0, f"cannot be read: {error.strerror}"
     if not stat.S_ISREG(info.st_mode):
-        return "not a regular file"
+        return 0, "not a regular file"
     if info.st_size > max_bytes:
-        return f"{info.st_size / 2**20:.0f} MB, larger than --max_image_mb={max_bytes / 2**20:g}"
-    return ""
+        return 0, f"{info.st_size / 2**20:.0f} MB, larger than --max_image_mb={max_bytes / 2**20:g}"
+    return info.st_size, ""
 
 
 def printable(path: str) -> str:

@@ -174,7 +174,7 @@ def train_locked(config: Config, source: ImageSource, log: Callable[[str], None]
                 write_dir, model, training_checkpoints.steps_per_epoch)
             callback_list = run_callbacks(config, source, tables, saver, start, stop_request, log, strategy,
                                           cache, evaluation, layout)
-            with distribute.keras_fit_context(model, strategy):
+            with distribute.keras_fit_context(model, strategy), setting_errors():  # no image decodes
                 fit(model, worker_dataset(strategy, dataset, make_dataset, config.batch_size, layout), config, start,
                     callback_list)
     if chief:
@@ -282,11 +282,18 @@ def run_callbacks(config: Config, source: ImageSource, tables: data.LabelTables,
     return [
         callbacks.StopOnNonFiniteLoss(),
         recluster,
-        callbacks.ReportFailedImages(source, log, UNREADABLE_SHOWN),
+        callbacks.ReportFailedImages(source, log, UNREADABLE_SHOWN, record_index(config, source, chief)),
         *([evaluation] if evaluation else []),
         *logs,
         callbacks.CheckpointCallback(training_checkpoints, start, stop_request, collective),
     ]
+
+
+def record_index(config: Config, source: ImageSource, chief: bool) -> Callable[[], None] | None:
+    """What saves the images that failed to read or decode in the workdir's data index, on the chief of a folder run."""
+    if not chief or source.index is None:
+        return None
+    return functools.partial(workdir_lib.save_data_index, config.workdir, source.index)
 
 
 def cache_settings(config: Config, strategy: tf.distribute.Strategy, num_images: int) -> feature_cache.CacheSettings:

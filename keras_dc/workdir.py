@@ -194,24 +194,29 @@ def data_index_path(workdir: str) -> str:
 
 
 def save_data_index(workdir: str, index: DataIndex) -> None:
-    """Records the image files a run indexed (names joined by NUL, which no file name holds)."""
-    names = np.frombuffer("\0".join(index.names).encode("utf-8"), np.uint8)
-    save_npz(data_index_path(workdir), names_utf8=names, file_bytes=np.asarray(index.file_bytes, np.int64))
+    """Records the image files a run indexed (each path followed by a NUL, which no file name holds)
+    and those that failed to read or decode so far."""
+    save_npz(data_index_path(workdir), names_utf8=index.names_utf8, file_bytes=np.asarray(index.file_bytes, np.int64),
+             failed=index.failed)
 
 
 def data_index(workdir: str) -> DataIndex | None:
-    """The image files the workdir's run indexed, or None (not a folder, or a workdir of an older version)."""
+    """The image files the workdir's run indexed, or None (not a folder, or a workdir of an older version).
+    An index of an earlier version (paths joined by NUL, none known to fail) reads as well."""
     path = data_index_path(workdir)
     if not os.path.exists(path):
         return None
     try:
         arrays = load_npz(path)
-        names = tuple(arrays["names_utf8"].tobytes().decode("utf-8").split("\0"))
+        names = arrays["names_utf8"]
+        if len(names) and names[-1] != 0:
+            names = np.append(names, np.uint8(0))
+        index = DataIndex.from_blob(names, arrays["file_bytes"], arrays.get("failed"))
     except (OSError, ValueError, KeyError) as error:
         raise WorkdirError(f"cannot read {path} ({error}); restore it or use another workdir") from None
-    if len(names) != len(arrays["file_bytes"]):
-        raise WorkdirError(f"{path} is damaged: {len(names)} names for {len(arrays['file_bytes'])} sizes")
-    return DataIndex(names, arrays["file_bytes"])
+    if len(index.starts) - 1 != len(index) or len(index.failed) != len(index):
+        raise WorkdirError(f"{path} is damaged: {len(index.starts) - 1} names for {len(index)} sizes")
+    return index
 
 
 def metrics_path(workdir: str) -> str:

@@ -133,3 +133,27 @@ def test_a_2_to_1_image_is_cropped_not_squashed(tmp_path):
         ratios = [_width_over_height(view) for view in _views(source, source.num_images)]
         assert 0.75 / 1.1 < min(ratios) and max(ratios) < 4 / 3 * 1.1, (name, min(ratios), max(ratios))
         assert max(ratios) / min(ratios) > 1.2, "the aspect ratio of the crops never varied"
+
+
+def test_the_parallel_listing_finds_what_os_walk_finds(tmp_path):
+    """Files at the top, in sub-folders at several depths, a link to a folder (reported, not followed),
+    names of other extensions (ignored): the threaded scan gives os.walk's files, sizes and order."""
+    import os
+
+    from keras_dc import sources
+
+    for number, name in enumerate(["top.png", "a/1.jpg", "a/b/c/2.PNG", "a/b/3.txt", "d/4.gif", "a.b/5.png"]):
+        path = tmp_path / "root" / name
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_bytes(b"x" * (number + 1))
+    os.symlink(tmp_path / "root" / "a", tmp_path / "root" / "d" / "link")
+    found, skipped = sources.scan_folder(str(tmp_path / "root"), 2**20)
+    expected = {}
+    for folder, _, names in os.walk(tmp_path / "root"):
+        for name in names:
+            if name.lower().endswith(sources.IMAGE_EXTENSIONS):
+                path = os.path.join(folder, name)
+                expected[os.path.relpath(path, tmp_path / "root")] = os.path.getsize(path)
+    assert found == expected and len(found) == 5
+    assert sorted(found) == ["a.b/5.png", "a/1.jpg", "a/b/c/2.PNG", "d/4.gif", "top.png"]
+    assert skipped == [f"{tmp_path / 'root' / 'd' / 'link'} (link to a folder, not followed)"]

@@ -168,8 +168,9 @@ def test_files_gone_or_truncated_mid_run_are_skipped_counted_and_the_run_resumes
     config = _folder_run(tiny_config, root, epochs=2)
     lines = []
     train.train(config, log=lines.append)
-    report = [line for line in lines if "became unreadable" in line]
-    assert len(report) == 1 and report[0].startswith("data: skipped 2 files that became unreadable during epoch 2")
+    report = [line for line in lines if "could not be read or decoded" in line]
+    assert len(report) == 1 and report[0].startswith("data: skipped 2 files that could not be read or decoded "
+                                                     "during epoch 2")
     assert f"{root}/a/001.png" in report[0] and f"{root}/b/002.png" in report[0]
     lines = []
     train.train(dataclasses.replace(config, epochs=3), log=lines.append)

@@ -47,7 +47,7 @@ def test_one_line_per_clustering_and_one_per_epoch(run_output):
     assert len(epochs) == 2 and "cluster" not in epochs[0]
 
 
-@pytest.mark.parametrize("stage", ["data: reading the folder", "clustering: extracting features",
+@pytest.mark.parametrize("stage", ["data: listing the folder", "clustering: extracting features",
                                    "clustering: PCA moments", "clustering: k-means into 2 clusters",
                                    "clustering: k-means into 2 x 4 sub-clusters"])
 def test_each_long_stage_prints_timestamped_progress_with_rate_and_eta(run_output, stage):

@@ -29,7 +29,7 @@ MAX_IMAGE_MB = 64.0  # larger image files are skipped: a photo is a few MB, a 1 
 # assignments (cycle n covers epochs n*T..) or of a mid-epoch position (counted
 # in batches): a workdir written with other values cannot be resumed.
 RESUME_KEYS = ("data", "arch", "image_size", "k", "super_clusters", "rotation", "sobel", "seed",
-               "reassign_every", "batch_size")
+               "reassign_every", "batch_size", "pretrained")
 # Not a setting of the run: a workdir may be moved.
 NOT_SETTINGS = ("workdir",)
 MAX_SEED = 2**32 - 1  # numpy's and Keras' global seeds are 32-bit
@@ -111,6 +111,7 @@ class Config:
     progress_seconds: float = 10.0
     max_image_mb: float = MAX_IMAGE_MB
     reindex_data: bool = False
+    pretrained: str = ""  # a backbone.keras, a workdir or a reference checkpoint the body starts from
 
     @property
     def sub_classes(self) -> int:
@@ -158,6 +159,10 @@ def validate(config: Config) -> None:
     _check_choice("strategy", config.strategy, STRATEGIES)
     _check_choice("verbose", config.verbose, VERBOSITIES)
     _check_choice("feature_cache_dtype", config.feature_cache_dtype, CACHE_DTYPES)
+    if config.pretrained:
+        from keras_dc import pretrained
+
+        pretrained.check_path(config.pretrained)
 
 
 def _check_numbers(config: Config) -> None:

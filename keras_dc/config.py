@@ -33,6 +33,9 @@ RESUME_KEYS = ("data", "arch", "image_size", "k", "super_clusters", "rotation", 
 # Not a setting of the run: a workdir may be moved.
 NOT_SETTINGS = ("workdir",)
 MAX_SEED = 2**32 - 1  # numpy's and Keras' global seeds are 32-bit
+# Fewer examples than this per sub-class head per step make its gradient (a mean over its own examples)
+# too noisy; the paper's batch gives 192 (3,072 images over 16 super-classes).
+MIN_EXAMPLES_PER_HEAD = 8
 
 
 T = TypeVar("T")
@@ -228,6 +231,17 @@ def validate_for_data(config: Config, num_images: int) -> None:
     if config.super_clusters > 1 and config.sub_classes > average:
         raise ConfigError("k", f"{config.sub_classes} sub-clusters per super-cluster is more than the "
                           f"{average} images a super-cluster holds on average")
+
+
+def head_batch_warning(config: Config) -> str | None:
+    """One line when a step gives each sub-class head fewer than MIN_EXAMPLES_PER_HEAD examples on average
+    (the global batch spread over the S super-classes), else None."""
+    per_head = config.batch_size / config.super_classes
+    if config.sub_classes == 1 or per_head >= MIN_EXAMPLES_PER_HEAD:
+        return None
+    return (f"--batch_size={config.batch_size} over {config.super_classes} super-classes gives each sub-class "
+            f"head {per_head:.3g} examples per step (the paper: 192; below {MIN_EXAMPLES_PER_HEAD} its gradient "
+            f"is noisy): raise --batch_size or lower --lr (docs/method.md)")
 
 
 def check_resumable(config: Config, saved: Config, saved_num_images: int | None, num_images: int | None = None,

@@ -87,7 +87,9 @@ def prepare_data(config: Config, log: Callable[[str], None] = print) -> ImageSou
     if source.unreadable:
         log(f"data: skipped {len(source.unreadable)} unreadable files or entries; first ones: "
             f"{', '.join(source.unreadable[:UNREADABLE_SHOWN])}")
-    for warning in kmeans.warn_small_clusters(source.num_images, config.k, config.super_clusters):
+    head_warning = config_lib.head_batch_warning(config)
+    for warning in kmeans.warn_small_clusters(source.num_images, config.k, config.super_clusters) + (
+            [head_warning] if head_warning else []):
         log(f"warning: {warning}")
     return source
 

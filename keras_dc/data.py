@@ -110,10 +110,17 @@ def resized_boxes(images: tf.Tensor, boxes: tf.Tensor, size: int) -> tf.Tensor:
 
 def resized_crop(image: tf.Tensor, box: tf.Tensor, size: int) -> tf.Tensor:
     """One image's pixel `box` (top, left, height, width) resized to `size` square (float32), antialiased
-    with PIL's filter (tf.image.resize's antialias): what torchvision's RandomResizedCrop does to a photo."""
-    top, left, height, width = tf.unstack(tf.cast(box, tf.int32))
-    crop = tf.slice(image, tf.stack([top, left, 0]), tf.stack([height, width, -1]))
-    return tf.image.resize(tf.cast(crop, tf.float32), (size, size), antialias=True)
+    with PIL's filter (tf.image.resize's antialias): what torchvision's RandomResizedCrop does to a photo.
+
+    A box no larger than its view is only interpolated (PIL's filter is then plain bilinear), by the
+    cheaper batch path: the antialiased resize costs more than the crop itself on small images.
+    """
+    def shrunk():
+        top, left, height, width = tf.unstack(tf.cast(box, tf.int32))
+        crop = tf.slice(image, tf.stack([top, left, 0]), tf.stack([height, width, -1]))
+        return tf.image.resize(tf.cast(crop, tf.float32), (size, size), antialias=True)
+
+    return tf.cond(tf.reduce_max(box[2:]) > size, shrunk, lambda: resized_boxes(image[None], box[None], size)[0])
 
 
 def random_crops(images: tf.Tensor, image_size: int, seed: tf.Tensor, min_crop_scale: float) -> tf.Tensor:

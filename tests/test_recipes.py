@@ -23,3 +23,27 @@ def test_training_prints_the_warning_before_any_work(tiny_config):
     train.prepare_data(tiny_config, log=lines.append)  # batch 16 over S = 8: 2 per head
     assert [line for line in lines if "examples per step" in line] == [
         "warning: " + config_lib.head_batch_warning(tiny_config)]
+
+
+def _recipe(name: str) -> Config:
+    """The Config a flagfile of flags/ describes (--name=value, --name, --noname lines; # comments)."""
+    import os
+
+    fields = {field.name: field.type for field in dataclasses.fields(Config)}
+    values = {}
+    with open(os.path.join(os.path.dirname(os.path.dirname(__file__)), "flags", name)) as handle:
+        for line in (line.strip() for line in handle):
+            if not line.startswith("--"):
+                continue
+            key, _, value = line[2:].partition("=")
+            if not value:
+                key, value = (key[2:], False) if key.startswith("no") and key[2:] in fields else (key, True)
+            default = getattr(Config(), key)
+            values[key] = value if isinstance(value, bool) else type(default)(value)
+    return Config(**values)
+
+
+def test_the_photos_recipe_is_valid_and_gives_each_head_8_examples(tmp_path):
+    recipe = dataclasses.replace(_recipe("small_photos.flags"), workdir=str(tmp_path / "run"))
+    config_lib.validate(recipe)
+    assert recipe.sobel and recipe.flip and config_lib.head_batch_warning(recipe) is None

@@ -29,10 +29,13 @@ MAX_IMAGE_MB = 64.0  # larger image files are skipped: a photo is a few MB, a 1 
 # assignments (cycle n covers epochs n*T..) or of a mid-epoch position (counted
 # in batches): a workdir written with other values cannot be resumed.
 RESUME_KEYS = ("data", "arch", "image_size", "k", "super_clusters", "rotation", "sobel", "seed",
-               "reassign_every", "batch_size", "head_groups")
+               "reassign_every", "batch_size", "head_groups", "pretrained")
 # Not a setting of the run: a workdir may be moved.
 NOT_SETTINGS = ("workdir",)
 MAX_SEED = 2**32 - 1  # numpy's and Keras' global seeds are 32-bit
+# Fewer examples than this per sub-class head per step make its gradient (a mean over its own examples)
+# too noisy; the paper's batch gives 192 (3,072 images over 16 super-classes).
+MIN_EXAMPLES_PER_HEAD = 8
 
 
 T = TypeVar("T")
@@ -112,6 +115,7 @@ class Config:
     progress_seconds: float = 10.0
     max_image_mb: float = MAX_IMAGE_MB
     reindex_data: bool = False
+    pretrained: str = ""  # a backbone.keras, a workdir or a reference checkpoint the body starts from
 
     @property
     def sub_classes(self) -> int:
@@ -159,6 +163,10 @@ def validate(config: Config) -> None:
     _check_choice("strategy", config.strategy, STRATEGIES)
     _check_choice("verbose", config.verbose, VERBOSITIES)
     _check_choice("feature_cache_dtype", config.feature_cache_dtype, CACHE_DTYPES)
+    if config.pretrained:
+        from keras_dc import pretrained
+
+        pretrained.check_path(config.pretrained)
     _check_head_groups(config)
 
 
@@ -240,6 +248,17 @@ def validate_for_data(config: Config, num_images: int) -> None:
     if config.super_clusters > 1 and config.sub_classes > average:
         raise ConfigError("k", f"{config.sub_classes} sub-clusters per super-cluster is more than the "
                           f"{average} images a super-cluster holds on average")
+
+
+def head_batch_warning(config: Config) -> str | None:
+    """One line when a step gives each sub-class head fewer than MIN_EXAMPLES_PER_HEAD examples on average
+    (the global batch spread over the S super-classes), else None."""
+    per_head = config.batch_size / config.super_classes
+    if config.sub_classes == 1 or per_head >= MIN_EXAMPLES_PER_HEAD:
+        return None
+    return (f"--batch_size={config.batch_size} over {config.super_classes} super-classes gives each sub-class "
+            f"head {per_head:.3g} examples per step (the paper: 192; below {MIN_EXAMPLES_PER_HEAD} its gradient "
+            f"is noisy): raise --batch_size or lower --lr (docs/method.md)")
 
 
 def check_resumable(config: Config, saved: Config, saved_num_images: int | None, num_images: int | None = None,

@@ -19,6 +19,8 @@ from keras_dc import hierarchy
 from keras_dc.sources import ImageSource
 
 CLUSTERING_RESIZE_RATIO = 256 / 224  # resize then centre-crop, as the reference's clustering view
+MIN_ASPECT, MAX_ASPECT = 3 / 4, 4 / 3  # of the random resized crop, as torchvision's RandomResizedCrop
+CROP_TRIES = 10  # draws of a crop box before the centre crop, as torchvision
 
 
 class LabelTables:
@@ -48,34 +50,87 @@ class LabelTables:
         self.epoch.assign(epoch)
 
 
-def crop_boxes(seed: tf.Tensor, aspects: tf.Tensor, min_crop_scale: float) -> tf.Tensor:
-    """Random resized crop boxes (y1, x1, y2, x2 in [0, 1]) for images of width/height `aspects` (B,).
+def crop_boxes(seed: tf.Tensor, heights: tf.Tensor, widths: tf.Tensor, min_crop_scale: float) -> tf.Tensor:
+    """torchvision's RandomResizedCrop boxes (top, left, height, width in pixels, float32) for images of
+    `heights` x `widths` pixels (B,).
 
-    Each box has a pixel aspect ratio in [3/4, 4/3] whatever the image's shape, so no view is
-    ever squashed. Its area is a fraction in [min_crop_scale, 1] of the image: the drawn ratio
-    is moved into the range where that area fits (no retries); if none does (an elongated
-    image and a large area), the box is shrunk to fit, its aspect kept, as torch falls back to.
+    As RandomResizedCrop.get_params: up to CROP_TRIES draws of an area uniform in [min_crop_scale, 1] of
+    the image and an aspect log-uniform in [3/4, 4/3], sides rounded to pixels; the first draw that fits
+    is placed uniformly; if none fits, the centre crop of the image's aspect clipped into [3/4, 4/3].
+    The draws are made all at once, so a batch costs a few vector operations.
     """
-    uniform = tf.random.stateless_uniform([tf.shape(aspects)[0], 4], seed)
-    area = min_crop_scale + (1.0 - min_crop_scale) * uniform[:, 0]
-    ratio = tf.exp(math.log(3 / 4) + math.log(16 / 9) * uniform[:, 1])
-    ratio = tf.clip_by_value(tf.clip_by_value(ratio, area * aspects, aspects / area), 3 / 4, 4 / 3)
-    width, height = tf.sqrt(area * ratio / aspects), tf.sqrt(area * aspects / ratio)
-    fit = tf.minimum(1.0, 1.0 / tf.maximum(width, height))
-    width, height = width * fit, height * fit
-    left, top = uniform[:, 2] * (1.0 - width), uniform[:, 3] * (1.0 - height)
-    return tf.stack([top, left, top + height, left + width], axis=1)
+    batch = tf.shape(heights)[0]
+    heights, widths = tf.cast(heights, tf.float32), tf.cast(widths, tf.float32)
+    draw_seed, place_seed = tf.unstack(tf.random.experimental.stateless_split(seed, 2))
+    uniform = tf.random.stateless_uniform([batch, CROP_TRIES, 2], draw_seed)
+    area = (heights * widths)[:, None] * (min_crop_scale + (1.0 - min_crop_scale) * uniform[..., 0])
+    ratio = tf.exp(math.log(MIN_ASPECT) + (math.log(MAX_ASPECT) - math.log(MIN_ASPECT)) * uniform[..., 1])
+    width, height = tf.round(tf.sqrt(area * ratio)), tf.round(tf.sqrt(area / ratio))
+    fits = (width > 0) & (height > 0) & (width <= widths[:, None]) & (height <= heights[:, None])
+    first = tf.argmax(tf.cast(fits, tf.int32), axis=1, output_type=tf.int32)
+    drawn = tf.reduce_any(fits, axis=1)
+    aspect = widths / heights
+    fallback_width = tf.where(aspect < MIN_ASPECT, widths,
+                              tf.where(aspect > MAX_ASPECT, tf.round(heights * MAX_ASPECT), widths))
+    fallback_height = tf.where(aspect < MIN_ASPECT, tf.round(widths / MIN_ASPECT), heights)
+    width = tf.where(drawn, tf.gather(width, first, batch_dims=1), fallback_width)
+    height = tf.where(drawn, tf.gather(height, first, batch_dims=1), fallback_height)
+    place = tf.random.stateless_uniform([batch, 2], place_seed)
+    top = tf.where(drawn, tf.floor(place[:, 0] * (heights - height + 1)), tf.floor((heights - height) / 2))
+    left = tf.where(drawn, tf.floor(place[:, 1] * (widths - width + 1)), tf.floor((widths - width) / 2))
+    return tf.stack([top, left, height, width], axis=1)
+
+
+def resized_boxes(images: tf.Tensor, boxes: tf.Tensor, size: int) -> tf.Tensor:
+    """The pixel `boxes` (top, left, height, width) of a batch of same-sized images, each resized to `size`
+    square with antialiasing (float32).
+
+    Each output pixel is the mean of s x s bilinear samples spread over its footprint in the image, s the
+    largest shrink factor of the batch rounded up: a box filter as wide as the output pixel, so a crop
+    several times larger than its view is averaged, not point-sampled (PIL's antialiased resize, as in
+    the reference's RandomResizedCrop, weighs the same footprint with a tent). Samples sit at pixel
+    centres; the outermost ones of an enlarged box are clamped into the image (no black border).
+    """
+    shape = tf.cast(tf.shape(images)[1:3], tf.float32)
+    samples = tf.maximum(tf.cast(tf.math.ceil(tf.reduce_max(boxes[:, 2:]) / size - 1e-3), tf.int32), 1)
+    side = size * samples
+    top, left, height, width = tf.unstack(boxes, axis=1)
+    step_y, step_x = height / tf.cast(side, tf.float32), width / tf.cast(side, tf.float32)
+    last = tf.maximum(shape - 1.0, 1.0)  # crop_and_resize maps a coordinate c to c * (side - 1) pixels
+    y1 = tf.maximum(top - 0.5 + 0.5 * step_y, 0.0) / last[0]
+    x1 = tf.maximum(left - 0.5 + 0.5 * step_x, 0.0) / last[1]
+    y2 = tf.minimum(top + height - 0.5 - 0.5 * step_y, shape[0] - 1.0) / last[0]
+    x2 = tf.minimum(left + width - 0.5 - 0.5 * step_x, shape[1] - 1.0) / last[1]
+    batch = tf.shape(images)[0]
+    corners = tf.stack([y1, x1, y2, x2], axis=1)  # float images: crop_and_resize is slower on uint8
+    dense = tf.image.crop_and_resize(tf.cast(images, tf.float32), corners, tf.range(batch), tf.stack([side, side]))
+    dense = tf.reshape(dense, [batch, size, samples, size, samples, tf.shape(images)[3]])
+    return tf.reduce_mean(dense, axis=[2, 4])
+
+
+def resized_crop(image: tf.Tensor, box: tf.Tensor, size: int) -> tf.Tensor:
+    """One image's pixel `box` (top, left, height, width) resized to `size` square (float32), antialiased
+    with PIL's filter (tf.image.resize's antialias): what torchvision's RandomResizedCrop does to a photo.
+
+    A box no larger than its view is only interpolated (PIL's filter is then plain bilinear), by the
+    cheaper batch path: the antialiased resize costs more than the crop itself on small images.
+    """
+    def shrunk():
+        top, left, height, width = tf.unstack(tf.cast(box, tf.int32))
+        crop = tf.slice(image, tf.stack([top, left, 0]), tf.stack([height, width, -1]))
+        return tf.image.resize(tf.cast(crop, tf.float32), (size, size), antialias=True)
+
+    return tf.cond(tf.reduce_max(box[2:]) > size, shrunk, lambda: resized_boxes(image[None], box[None], size)[0])
 
 
 def random_crops(images: tf.Tensor, image_size: int, seed: tf.Tensor, min_crop_scale: float) -> tf.Tensor:
-    """Random resized crops (float32, image_size square) of a batch of same-sized images, or of one image."""
-    batched = images.shape.rank == 4
-    images = tf.cast(images if batched else images[None], tf.float32)
-    shape = tf.cast(tf.shape(images), tf.float32)
-    aspects = tf.fill([tf.shape(images)[0]], shape[2] / shape[1])
-    boxes = crop_boxes(seed, aspects, min_crop_scale)
-    views = tf.image.crop_and_resize(images, boxes, tf.range(tf.shape(images)[0]), (image_size, image_size))
-    return views if batched else views[0]
+    """Random resized crops (float32, image_size square) of a batch of same-sized images, or of one image
+    (then cut out and resized alone, which costs in proportion to the crop, however large the photo)."""
+    batched = len(images.shape) == 4
+    shape = tf.shape(images)
+    count = shape[0] if batched else 1
+    boxes = crop_boxes(seed, tf.fill([count], shape[-3]), tf.fill([count], shape[-2]), min_crop_scale)
+    return resized_boxes(images, boxes, image_size) if batched else resized_crop(images, boxes[0], image_size)
 
 
 def flip_and_rotate(views: tf.Tensor, rotations: tf.Tensor, seed: tf.Tensor, flip: bool = True) -> tf.Tensor:
@@ -100,7 +155,8 @@ def dihedral_index_maps(size: int) -> tf.Tensor:
 
 
 def center_view(image: tf.Tensor, image_size: int) -> tf.Tensor:
-    """Resize the shorter side to image_size * 256/224, then take the centre image_size crop.
+    """Resize the shorter side to image_size * 256/224 (antialiased, as PIL's in the reference's
+    Resize(256)), then take the centre image_size crop.
 
     Works on one image (H, W, C) or on a batch of same-sized images (B, H, W, C).
     """
@@ -108,7 +164,7 @@ def center_view(image: tf.Tensor, image_size: int) -> tf.Tensor:
     target = round(image_size * CLUSTERING_RESIZE_RATIO)
     scale = target / tf.reduce_min(shape)
     new_shape = tf.maximum(tf.cast(tf.round(shape * scale), tf.int32), target)
-    resized = tf.image.resize(tf.cast(image, tf.float32), new_shape)
+    resized = tf.image.resize(tf.cast(image, tf.float32), new_shape, antialias=True)
     offset = (new_shape - image_size) // 2
     return tf.image.crop_to_bounding_box(resized, offset[0], offset[1], image_size, image_size)
 
@@ -123,7 +179,6 @@ def training_dataset(source: ImageSource, tables: LabelTables, image_size: int, 
     """
     worker, workers = shard
     steps = tables.plan_size // workers // batch_size
-    max_side = round(image_size / math.sqrt(min_crop_scale))
 
     def epoch_plan(_):
         plan = (tf.range(tables.plan_size, dtype=tf.int64), tables.plan_indices.read_value(),
@@ -136,7 +191,7 @@ def training_dataset(source: ImageSource, tables: LabelTables, image_size: int, 
     def cropped_example(position, index, rotation):
         crop_seed = tf.random.experimental.stateless_split(example_seed(position), 2)[0]
         image, found = source.load_checked(index)
-        crop = random_crops(bounded_image(image, max_side), image_size, crop_seed, min_crop_scale)
+        crop = random_crops(image, image_size, crop_seed, min_crop_scale)
         return position, index, rotation, crop, found
 
     def cropped_batch(positions, indices, rotations):
@@ -177,19 +232,6 @@ def distributed_training_dataset(strategy: tf.distribute.Strategy, make: Callabl
                     shard=shard or (context.input_pipeline_id, context.num_input_pipelines))
 
     return strategy.distribute_datasets_from_function(pipeline)
-
-
-def bounded_image(image: tf.Tensor, max_side: int) -> tf.Tensor:
-    """`image` shrunk (aspect kept, antialiased) so that its shorter side is at most `max_side`.
-
-    Bounds the memory and the work of decoding large photos; a crop of the smallest area
-    still has about image_size pixels a side, so nothing is lost to upsampling.
-    """
-    shape = tf.cast(tf.shape(image)[:2], tf.float32)
-    scale = tf.minimum(1.0, max_side / tf.reduce_min(shape))
-    size = tf.maximum(tf.cast(tf.round(shape * scale), tf.int32), 1)
-    return tf.cond(scale < 1.0, lambda: tf.image.resize(image, size, antialias=True),
-                   lambda: tf.cast(image, tf.float32))
 
 
 def clustering_dataset(source: ImageSource, image_size: int, batch_size: int,

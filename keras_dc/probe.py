@@ -24,11 +24,17 @@ from sklearn.model_selection import StratifiedKFold, train_test_split
 import keras_dc  # noqa: F401  (selects the TensorFlow backend)
 import keras
 
-from keras_dc import data, evaluation, optimizer as optimizer_lib
+from keras_dc import backbones, data, evaluation, optimizer as optimizer_lib
 from keras_dc.sources import ImageSource
 
 FEATURES = "features"  # tap-model output holding the backbone's own output (fc7)
 _STD_FLOOR = 1e-6
+# The reference's probe of VGG-16 conv n (1..13) at 224 px: eval_linear.py's RegLog average pool (window =
+# stride, no padding: 9,216 or 8,192 values) and the lr of linear_classif_layers.sh on ImageNet (batch 256).
+REFERENCE_IMAGE_SIZE = 224
+REFERENCE_VGG16 = {1: (18, 0.005), 2: (18, 0.01), 3: (14, 0.03), 4: (14, 0.03), 5: (9, 0.03), 6: (9, 0.03),
+                   7: (9, 0.02), 8: (6, 0.03), 9: (6, 0.03), 10: (6, 0.03), 11: (3, 0.02), 12: (3, 0.02),
+                   13: (3, 0.02)}
 
 
 class PoolingError(ValueError):
@@ -58,6 +64,7 @@ class ProbeSettings:
     protocol: str = "fast"
     min_crop_scale: float = 0.08  # of the reference protocol's training view
     flip: bool = True
+    paper_lrs: bool = False  # reference protocol: each VGG-16 layer's lr of the paper instead of lrs[0]
 
 
 @keras.saving.register_keras_serializable(package="keras_dc")
@@ -86,19 +93,31 @@ def pool_size(height: int, width: int, channels: int, max_dim: int) -> int:
     return size
 
 
-def tap_model(backbone: keras.Model, layer_names: list[str], max_dim: int,
-              with_features: bool = True) -> tuple[keras.Model, dict[str, dict]]:
+def reference_layers(backbone: keras.Model, layer_names: list[str]) -> dict[str, tuple[int, float]]:
+    """(RegLog's pooling window, the paper's lr) of each named layer when the backbone is a VGG-16 at
+    224 px, the only network and size the reference probes; {} otherwise."""
+    every = backbones.conv_tap_layers(backbone, "all")
+    if len(every) != len(REFERENCE_VGG16) or backbone.input_shape[1] != REFERENCE_IMAGE_SIZE:
+        return {}
+    return {name: REFERENCE_VGG16[every.index(name) + 1] for name in layer_names}
+
+
+def tap_model(backbone: keras.Model, layer_names: list[str], max_dim: int, with_features: bool = True,
+              windows: dict[str, int] | None = None) -> tuple[keras.Model, dict[str, dict]]:
     """A model from the backbone's input to each named layer, pooled and flattened (and the final features).
 
-    Also returns, per layer, the flattened size ("dim") and the pooling window ("pool").
+    A layer in `windows` is pooled with that window and no padding (the reference's RegLog), any other
+    until it has at most max_dim values. Also returns, per layer, the flattened size ("dim") and the
+    pooling window ("pool").
     """
     outputs, shapes = {}, {}
+    windows = windows or {}
     for name in layer_names:
         tensor = backbone.get_layer(name).output
         _, height, width, channels = tensor.shape
-        size = pool_size(height, width, channels, max_dim)
+        size = windows.get(name) or pool_size(height, width, channels, max_dim)
         if size > 1:
-            tensor = keras.layers.AveragePooling2D(size, strides=size, padding="same",
+            tensor = keras.layers.AveragePooling2D(size, strides=size, padding="valid" if name in windows else "same",
                                                    name=f"probe_pool_{name}")(tensor)
         outputs[name] = keras.layers.Flatten(name=f"probe_flatten_{name}")(tensor)
         shapes[name] = {"dim": int(math.prod(tensor.shape[1:])), "pool": size}
@@ -217,10 +236,12 @@ def linear_probe(train: dict[str, np.ndarray], train_labels: np.ndarray, val: di
 
 
 def reference_probe(model: keras.Model, layer_names: list[str], source: ImageSource, split: ProbeSplit,
-                    settings: ProbeSettings) -> dict[str, dict]:
+                    settings: ProbeSettings, layer_lrs: dict[str, float] | None = None) -> dict[str, dict]:
     """The reference's linear probe (eval_linear.py): per layer, avg-pool + linear on raw activations, trained
     on a new random resized crop + flip of every training image each epoch (the frozen network in inference
-    mode), SGD with coupled decay and lr_0 / sqrt(1 + lr_0 * wd * t); top-1/top-5 on the centre view."""
+    mode), SGD with coupled decay and lr_0 / sqrt(1 + lr_0 * wd * t); top-1/top-5 on the centre view.
+    lr_0 is the layer's in `layer_lrs`, else settings.lrs[0]."""
+    lrs = {name: (layer_lrs or {}).get(name, settings.lrs[0]) for name in layer_names}
     image_size = model.input_shape[1]
     tables = data.LabelTables(source.num_images, len(split.train_rows))
     tables.set_assignments(np.zeros(source.num_images), source.labels, np.ones(source.num_images))
@@ -232,7 +253,7 @@ def reference_probe(model: keras.Model, layer_names: list[str], source: ImageSou
                                   kernel_initializer=keras.initializers.VarianceScaling(  # torch's nn.Linear
                                       1.0 / 3.0, "fan_in", "uniform", seed=settings.seed))
         head.build((None, split.train[name].shape[1]))
-        optimizer = optimizer_lib.SGD(InverseSqrtDecay(settings.lrs[0], settings.weight_decay),
+        optimizer = optimizer_lib.SGD(InverseSqrtDecay(lrs[name], settings.weight_decay),
                                       momentum=settings.momentum, weight_decay=settings.weight_decay)
         optimizer.build(head.trainable_variables)
         heads[name] = (head, optimizer)
@@ -257,7 +278,7 @@ def reference_probe(model: keras.Model, layer_names: list[str], source: ImageSou
     for name, (head, _) in heads.items():
         scores = split.val[name] @ head.kernel.numpy() + head.bias.numpy()
         results[name] = {"top1": evaluation.topk_accuracy(scores, split.val_labels, 1),
-                         "top5": evaluation.topk_accuracy(scores, split.val_labels, 5), "lr": settings.lrs[0]}
+                         "top5": evaluation.topk_accuracy(scores, split.val_labels, 5), "lr": lrs[name]}
     return results
 
 
@@ -317,11 +338,14 @@ def evaluate_backbone(backbone: keras.Model, layer_names: list[str], train_sourc
     beside k-means on the final features. Returns {"layers", "knn", "clusters", "timing"}.
     """
     start = time.perf_counter()
-    model, shapes = tap_model(backbone, layer_names, settings.max_dim)
+    reference = reference_layers(backbone, layer_names) if settings.probe.protocol == "reference" else {}
+    model, shapes = tap_model(backbone, layer_names, settings.max_dim,
+                              windows={name: window for name, (window, _) in reference.items()})
     split = split_features(model, train_source, val_source, settings)
     extracted = time.perf_counter()
     if settings.probe.protocol == "reference":
-        probes = reference_probe(model, layer_names, train_source, split, settings.probe)
+        layer_lrs = {name: lr for name, (_, lr) in reference.items()} if settings.probe.paper_lrs else None
+        probes = reference_probe(model, layer_names, train_source, split, settings.probe, layer_lrs)
     else:
         probes = linear_probe(take_layers(split.train, layer_names), split.train_labels,
                               take_layers(split.val, layer_names), split.val_labels, split.num_classes,

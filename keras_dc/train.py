@@ -13,7 +13,7 @@ import keras_dc  # noqa: F401  (selects the TensorFlow backend)
 import keras
 
 from keras_dc import (backbones, callbacks, config as config_lib, data, distribute, feature_cache, head_groups,
-                      kmeans, optimizer as optimizer_lib, preemption, progress, workdir as workdir_lib)
+                      kmeans, optimizer as optimizer_lib, preemption, pretrained, progress, workdir as workdir_lib)
 from keras_dc.config import Config, ConfigError
 from keras_dc.eval_callback import EvaluationCallback
 from keras_dc.head_groups import HeadLayout
@@ -113,7 +113,9 @@ def prepare_data(config: Config, log: Callable[[str], None] = print) -> ImageSou
     if source.unreadable:
         log(f"data: skipped {len(source.unreadable)} unreadable files or entries; first ones: "
             f"{', '.join(source.unreadable[:UNREADABLE_SHOWN])}")
-    for warning in kmeans.warn_small_clusters(source.num_images, config.k, config.super_clusters):
+    head_warning = config_lib.head_batch_warning(config)
+    for warning in kmeans.warn_small_clusters(source.num_images, config.k, config.super_clusters) + (
+            [head_warning] if head_warning else []):
         log(f"warning: {warning}")
     return source
 
@@ -156,6 +158,9 @@ def train_locked(config: Config, source: ImageSource, log: Callable[[str], None]
     peers = GroupPeers(distribute.Collective(strategy)) if layout.grouped else None
     with setting_errors():
         start = training_checkpoints.restore(functools.partial(assignments_problem, config), log, writer, peers)
+    if config.pretrained and start == Position(0):  # before the first clustering, which sees these features
+        pretrained.load_into(model.backbone, config.pretrained, config.arch, config.sobel)
+        log(f"pretrained: the body starts from {config.pretrained}, the heads from random weights")
     apply_settings(model, config)
     if chief:
         workdir_lib.set_aside_damaged_assignments(config.workdir, log)
@@ -342,7 +347,8 @@ def export_backbone(backbone: keras.Model, config: Config, source: ImageSource) 
         "arch": config.arch, "image_size": config.image_size, "sobel": config.sobel,
         "input": "RGB float32 in [0, 255], shape (image_size, image_size, 3)",
         "output": "features before the final ReLU (fc7)", "epochs": config.epochs,
-        "k": config.k, "super_clusters": config.super_clusters, "data": source.description})
+        "k": config.k, "super_clusters": config.super_clusters, "data": source.description,
+        **({"pretrained": config.pretrained} if config.pretrained else {})})
 
 
 def summary(config: Config) -> dict:

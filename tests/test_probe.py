@@ -203,3 +203,32 @@ def test_reference_protocol_learns_from_augmented_views_and_not_from_shuffled_la
     shuffled.labels = np.random.default_rng(1).permutation(shuffled.labels)
     chance = probe.evaluate_backbone(backbone, names, shuffled, None, settings)["layers"][names[0]]["top1"]
     assert learned > 0.6 and chance < 0.35, (learned, chance)
+
+
+@pytest.mark.parametrize("sobel", [False, True])
+def test_reference_protocol_pools_vgg16_at_224_with_reglogs_fixed_windows(sobel):
+    """eval_linear.py's RegLog: windows 18, 14, 9, 6, 3 (stride = window, no padding) give 9,216 or 8,192
+    values; the max_dim rule would pool with 19, 15, 10, 7 and 4. Other networks and sizes keep that rule."""
+    vgg = backbones.build_backbone("vgg16_bn", probe.REFERENCE_IMAGE_SIZE, sobel=sobel)
+    names = backbones.conv_tap_layers(vgg, "all")
+    reference = probe.reference_layers(vgg, names)
+    _, shapes = probe.tap_model(vgg, names, 10000, with_features=False,
+                                windows={name: window for name, (window, _) in reference.items()})
+    assert [shapes[name]["pool"] for name in names] == [18] * 2 + [14] * 2 + [9] * 3 + [6] * 3 + [3] * 3
+    assert [shapes[name]["dim"] for name in names] == [9216] * 2 + [8192] * 2 + [9216] * 3 + [8192] * 6
+    assert reference[names[-1]][1] == 0.02  # conv13.sh
+    assert probe.reference_layers(backbones.build_backbone("vgg16_bn", 64), names) == {}
+
+
+def test_reference_protocol_trains_each_layer_with_its_own_learning_rate(backbone):
+    """A layer given a vanishing lr stays at its random start (chance); the other, at 0.05, learns."""
+    source = synthetic_source(200, 16, seed=0)
+    names = backbones.conv_tap_layers(backbone)[-2:]
+    model, _ = probe.tap_model(backbone, names, 1000)
+    settings = probe.EvaluationSettings(max_dim=1000)
+    split = probe.split_features(model, source, None, settings)
+    results = probe.reference_probe(model, names, source, split, probe.ProbeSettings(
+        lrs=(0.05,), epochs=6, batch_size=16, weight_decay=1e-5, protocol="reference", min_crop_scale=0.5),
+        layer_lrs={names[0]: 1e-9})
+    assert results[names[0]]["lr"] == 1e-9 and results[names[1]]["lr"] == 0.05
+    assert results[names[1]]["top1"] > 0.6 and results[names[0]]["top1"] < 0.4, results

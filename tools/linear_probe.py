@@ -18,8 +18,10 @@ from keras_dc import cli, tool_inputs
 from keras_dc.config import ConfigError, result_or_exit
 
 FLAGS = flags.FLAGS
-# The reference's eval_linear.py settings, taken by --protocol=reference unless a flag overrides them.
-REFERENCE_DEFAULTS = {"lrs": ["0.05"], "epochs": 100, "batch_size": 64, "weight_decay": 1e-5}
+# The reference's settings (linear_classif_layers.sh, conv13.sh), taken by --protocol=reference unless a flag
+# overrides them; a VGG-16 at 224 px also takes each layer's lr of the paper (keras_dc.probe.REFERENCE_VGG16),
+# any other network eval_linear.py's default lr.
+REFERENCE_DEFAULTS = {"lrs": ["0.05"], "epochs": 100, "batch_size": 256, "weight_decay": 1e-5}
 
 
 def define_flags() -> None:
@@ -42,9 +44,10 @@ def define_flags() -> None:
     flags.DEFINE_bool("per_layer_baseline", False, "Also run one probe per layer, to time the shared pass.")
     flags.DEFINE_enum("protocol", "fast", ["fast", "reference"],
                       "fast: standardised cached centre-view features, k-fold lr choice, cosine schedule. "
-                      "reference: the paper's eval_linear.py (raw pooled activations, random resized crop + "
-                      "flip each epoch, coupled decay, lr_0/sqrt(1 + lr_0*wd*t)); unless given, --lrs=0.05 "
-                      "--epochs=100 --batch_size=64 --weight_decay=1e-5.")
+                      "reference: the paper's eval_linear.py (raw activations, a VGG-16 at 224 pooled with its "
+                      "fixed RegLog windows, random resized crop + flip each epoch, coupled decay, "
+                      "lr_0/sqrt(1 + lr_0*wd*t)); unless given, --epochs=100 --batch_size=256 "
+                      "--weight_decay=1e-5 and the paper's lr of each VGG-16 layer at 224 (else 0.05).")
     flags.DEFINE_float("min_crop_scale", 0.08, "Smallest crop area of the reference protocol's training view.")
     flags.DEFINE_bool("flip", True, "Horizontal flips in the reference protocol's training view.")
 
@@ -54,6 +57,7 @@ def settings_from_flags():
 
     Everything but --layers is checked before TensorFlow loads, so a typo fails at once.
     """
+    paper_lrs = FLAGS.protocol == "reference" and not FLAGS["lrs"].present
     if FLAGS.protocol == "reference":
         for flag, value in REFERENCE_DEFAULTS.items():
             if not FLAGS[flag].present:
@@ -84,7 +88,8 @@ def settings_from_flags():
         raise ConfigError("layers", f"unknown value {FLAGS.layers!r}; choose one of {', '.join(TAP_CHOICES)}")
     probe = ProbeSettings(lrs=lrs, kfold=FLAGS.kfold, epochs=FLAGS.epochs, batch_size=FLAGS.batch_size,
                           momentum=FLAGS.momentum, weight_decay=FLAGS.weight_decay, seed=FLAGS.seed,
-                          protocol=FLAGS.protocol, min_crop_scale=FLAGS.min_crop_scale, flip=FLAGS.flip)
+                          protocol=FLAGS.protocol, min_crop_scale=FLAGS.min_crop_scale, flip=FLAGS.flip,
+                          paper_lrs=paper_lrs)
     return EvaluationSettings(layers=FLAGS.layers, max_dim=FLAGS.max_dim, val_fraction=FLAGS.val_fraction,
                               knn_k=FLAGS.knn_k, knn_temperature=FLAGS.knn_temperature, kmeans_k=FLAGS.kmeans_k,
                               kmeans_pca_dim=FLAGS.kmeans_pca_dim, probe=probe)

@@ -69,6 +69,9 @@ HELP = {
                         "extraction, PCA, k-means); a shorter stage prints none.",
     "max_image_mb": "Image files larger than this many MB are skipped and reported, never read.",
     "reindex_data": "Resume on a folder whose files changed: index it again and re-cluster at once (else refused).",
+    "pretrained": "Start the body from these weights instead of random ones (heads start fresh): a backbone.keras, "
+                  "a workdir, or a reference PyTorch checkpoint (.pth, needs torch); same --arch, --image_size "
+                  "and --sobel.",
 }
 
 

@@ -141,13 +141,12 @@ def train_locked(config: Config, source: ImageSource, log: Callable[[str], None]
         with preemption.sigterm_requests() as stop_request, \
                 distribute.checkpoint_write_dir(config.workdir, chief) as write_dir, \
                 progress.reporting(config.verbose if chief else 0, config.progress_seconds):
-            saver = training_checkpoints if chief else TrainingCheckpoints(
-                write_dir, model, training_checkpoints.steps_per_epoch)
+            saver = training_checkpoints if chief else training_checkpoints.elsewhere(write_dir)
             callback_list = run_callbacks(config, source, tables, saver, start, stop_request, log, strategy,
                                           cache, evaluation)
             with distribute.keras_fit_context(model, strategy):
-                fit(model, worker_dataset(strategy, dataset, make_dataset, config.batch_size), config, start,
-                    callback_list)
+                fit(model, functools.partial(worker_dataset, strategy, make_dataset, config.batch_size), config,
+                    start, callback_list)
     if chief:
         export_backbone(model.backbone, config, source)
     return summary(config)
@@ -155,10 +154,12 @@ def train_locked(config: Config, source: ImageSource, log: Callable[[str], None]
 
 def assignments_problem(config: Config, position: Position) -> str | None:
     """Why a checkpoint at `position` cannot be resumed from: the cycle it stopped in the middle of has
-    damaged assignments (a cycle that starts there is clustered again instead)."""
+    damaged or missing assignments (a cycle that starts there is clustered again instead; clustering a
+    cycle resumed mid-way would use a later model than the uninterrupted run did)."""
     if position.step == 0 and position.epoch % config.reassign_every == 0:
         return None
-    problem = workdir_lib.assignment_problem(config.workdir, position.epoch // config.reassign_every)
+    cycle = position.epoch // config.reassign_every
+    problem = workdir_lib.assignment_problem(config.workdir, cycle, missing=True)
     return problem and f"needs {problem}"
 
 
@@ -182,9 +183,10 @@ def record_changes(config: Config, start: Position, log: Callable[[str], None]) 
         workdir_lib.record_setting_changes(config.workdir, start, changes)
 
 
-def fit(model: DeeperClusterModel, dataset: tf.data.Dataset, config: Config, start: Position,
-        callback_list: list[keras.callbacks.Callback]) -> None:
-    """Trains from `start` to config.epochs; an epoch stopped mid-way first finishes from its saved batch.
+def fit(model: DeeperClusterModel, datasets: Callable[[int], tf.data.Dataset | tf.distribute.DistributedDataset],
+        config: Config, start: Position, callback_list: list[keras.callbacks.Callback]) -> None:
+    """Trains from `start` to config.epochs on `datasets(skipped_steps)`; an epoch stopped mid-way first
+    finishes from its saved batch.
 
     An epoch's plan and augmentations depend on (seed, epoch) only, so skipping the
     batches already trained continues exactly as the uninterrupted run.
@@ -193,20 +195,21 @@ def fit(model: DeeperClusterModel, dataset: tf.data.Dataset, config: Config, sta
                             shuffle=False)  # the dataset is in the epoch plan's order already
     first = start.epoch
     if start.step:
-        run(dataset.skip(start.step), epochs=start.epoch + 1, initial_epoch=start.epoch)
+        run(datasets(start.step), epochs=start.epoch + 1, initial_epoch=start.epoch)
         first += 1
     if first < config.epochs:
-        run(dataset, epochs=config.epochs, initial_epoch=first)
+        run(datasets(0), epochs=config.epochs, initial_epoch=first)
 
 
-def worker_dataset(strategy: tf.distribute.Strategy, dataset: tf.data.Dataset,
-                   make_dataset: Callable[..., tf.data.Dataset], global_batch_size: int
+def worker_dataset(strategy: tf.distribute.Strategy, make_dataset: Callable[..., tf.data.Dataset],
+                   global_batch_size: int, skip_steps: int = 0
                    ) -> tf.data.Dataset | tf.distribute.DistributedDataset:
-    """`dataset`, whose batches Keras splits over the local replicas, or in multi-worker mode what
-    `make_dataset(batch_size=, shard=)` builds for each worker: its shard of the epoch plan."""
+    """What `make_dataset(batch_size=, shard=, skip_batches=)` builds for this process, less the epoch's first
+    `skip_steps` steps: the whole epoch's batches, which Keras splits over the local replicas, or in
+    multi-worker mode each worker's shard of the epoch plan (tf.distribute datasets have no skip)."""
     if not distribute.in_multi_worker_mode(strategy):
-        return dataset
-    return data.distributed_training_dataset(strategy, make_dataset, global_batch_size)
+        return make_dataset(batch_size=global_batch_size, skip_batches=skip_steps)
+    return data.distributed_training_dataset(strategy, make_dataset, global_batch_size, skip_steps)
 
 
 def run_callbacks(config: Config, source: ImageSource, tables: data.LabelTables,

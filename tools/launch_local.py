@@ -5,9 +5,12 @@
 Arguments after `--` go to the program (tools/train.py unless --program). Each
 worker gets its TF_CONFIG and a share of the CPU threads; its output lines are
 prefixed with [worker i]. The exit status is 0 when every worker succeeds, else
-the first failure's (the other workers are then stopped). SIGTERM is passed on to
-the workers, which save at the same batch and stop; the launcher waits for them
-and exits 143. For real nodes, see docs/scaling.md.
+the first failure's (128 + N for a worker killed by signal N; the other workers
+are then stopped), or 2 for a bad launcher flag. SIGTERM, SIGINT (Ctrl-C) or SIGHUP
+to the launcher is passed on to the workers as SIGTERM: they save at the same
+batch and stop; the launcher waits for them and exits 128 + the signal's number
+(143, 130, 129). The workers' TF_CONFIG names 127.0.0.1 only; for real nodes, and
+who may connect to the workers' ports, see docs/scaling.md.
 """
 
 from __future__ import annotations

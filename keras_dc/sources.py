@@ -15,16 +15,19 @@ disappears or changes while training is read as missing: skipped, not a crash.
 from __future__ import annotations
 
 import dataclasses
+import io
 import os
 import stat
 import struct
 import threading
+import warnings
 
 import numpy as np
 import tensorflow as tf
+from PIL import Image
 
 from keras_dc import progress
-from keras_dc.config import MAX_IMAGE_MB
+from keras_dc.config import MAX_IMAGE_MB, MAX_IMAGE_PIXELS
 
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".gif", ".webp")
 SYNTHETIC_CLASSES = 10
@@ -65,6 +68,7 @@ class ImageSource:
     index: DataIndex | None = None  # for image folders: the files indexed (what a workdir records)
     usable: np.ndarray | None = None  # (N,) bool: which indexed files were found readable when loaded
     failed: set[str] = dataclasses.field(default_factory=set)  # files of `paths` that could not be read in use
+    max_pixels: int = MAX_IMAGE_PIXELS  # a file whose header says more is never decoded (read as missing)
 
     @property
     def same_size(self) -> bool:
@@ -91,8 +95,11 @@ class ImageSource:
         return decode_bytes(tf.where(found, payload, BLANK_BMP)), found  # no tf.cond: cheaper per image
 
     def _read(self, path: bytes, expected_bytes: np.int64) -> bytes:
-        """The bytes of the file if it is still the regular file of the expected size, else b""."""
+        """The bytes of the file if it is still the regular file of the expected size and its header
+        promises at most max_pixels pixels, else b""."""
         payload = read_regular_file(path, int(expected_bytes))
+        if payload and image_pixels(io.BytesIO(payload)) > self.max_pixels:
+            payload = b""
         if not payload:
             with self._lock:
                 self.failed.add(os.fsdecode(path))
@@ -142,6 +149,20 @@ def blank_bmp(side: int = 8) -> bytes:
 BLANK_BMP = blank_bmp()
 
 
+def image_pixels(file) -> int:
+    """Width x height as an image file's header states them (a path or a binary file object; PIL reads no
+    pixel data), so that an image too large to decode is refused before it is; 0 when it cannot tell."""
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+            with Image.open(file) as image:
+                return image.width * image.height
+    except Image.DecompressionBombError:  # PIL's own limit: twice Image.MAX_IMAGE_PIXELS
+        return 2**63 - 1
+    except Exception:  # noqa: BLE001  (not an image PIL knows: TensorFlow's decoder decides)
+        return 0
+
+
 def decode_bytes(payload: tf.Tensor) -> tf.Tensor:
     """The uint8 (H, W, 3) image encoded in `payload` (JPEG, PNG, GIF, BMP or WebP)."""
     image = tf.io.decode_image(payload, channels=3, expand_animations=False)
@@ -154,37 +175,42 @@ def decode_file(path: tf.Tensor) -> tf.Tensor:
     return decode_bytes(tf.io.read_file(path))
 
 
-def readable(paths: np.ndarray) -> np.ndarray:
-    """A boolean mask of the files that decode_file reads without error, decoded in parallel.
+def readable(paths: np.ndarray, max_pixels: int = MAX_IMAGE_PIXELS) -> np.ndarray:
+    """A boolean mask of the files that decode_file reads without error, decoded in parallel; a file whose
+    header states more than max_pixels pixels is never decoded (False).
 
     The same decoder as training is used, so a file kept here cannot fail there.
     """
-    if not len(paths):
-        return np.zeros(0, bool)
-    path_tensor = tf.constant(paths)
-    dataset = tf.data.Dataset.range(len(paths)).map(
+    small = np.array([image_pixels(path) <= max_pixels for path in paths], bool)
+    if not small.any():
+        return small
+    path_tensor = tf.constant(paths[small])
+    dataset = tf.data.Dataset.range(len(path_tensor)).map(
         lambda index: (index, tf.shape(decode_file(tf.gather(path_tensor, index)))),
         num_parallel_calls=tf.data.AUTOTUNE, deterministic=False).ignore_errors()
-    mask = np.zeros(len(paths), bool)
-    stage = progress.Stage("data: reading the folder", len(paths), "file")
+    mask = np.zeros(len(path_tensor), bool)
+    stage = progress.Stage("data: reading the folder", len(path_tensor), "file")
     for done, (index, _) in enumerate(dataset.as_numpy_iterator(), 1):
         mask[index] = True
         stage.update(done)
-    stage.update(len(paths))
-    return mask
+    stage.update(len(path_tensor))
+    small[small] = mask
+    return small
 
 
 def load_source(spec: str, image_size: int, tfds_data_dir: str = "", synthetic_size: int = 512,
-                seed: int = 0, max_image_mb: float = MAX_IMAGE_MB, index: DataIndex | None = None) -> ImageSource:
+                seed: int = 0, max_image_mb: float = MAX_IMAGE_MB, index: DataIndex | None = None,
+                max_image_pixels: int = MAX_IMAGE_PIXELS) -> ImageSource:
     """Parses a `--data` value: digits, synthetic, tfds:NAME[:SPLIT] or a folder path (read with
-    folder_source's `max_image_mb` and `index`)."""
+    folder_source's `max_image_mb`, `index` and `max_image_pixels`)."""
     if spec == "digits":
         return digits_source(image_size)
     if spec == "synthetic":
         return synthetic_source(synthetic_size, image_size, seed)
     if spec.startswith("tfds:"):
         return tfds_source(spec, image_size, tfds_data_dir)
-    return folder_source(spec, max_image_mb, index)
+    return dataclasses.replace(folder_source(spec, max_image_mb, index, max_image_pixels),
+                               max_pixels=max_image_pixels)
 
 
 def labelled_like(val: ImageSource, train: ImageSource) -> ImageSource:
@@ -234,19 +260,20 @@ def synthetic_source(num_images: int, image_size: int, seed: int = 0) -> ImageSo
                        class_names=names)
 
 
-def folder_source(path: str, max_image_mb: float = MAX_IMAGE_MB, index: DataIndex | None = None) -> ImageSource:
+def folder_source(path: str, max_image_mb: float = MAX_IMAGE_MB, index: DataIndex | None = None,
+                  max_image_pixels: int = MAX_IMAGE_PIXELS) -> ImageSource:
     """Every image file below `path`; first-level subfolders, if any, name the classes. With `index` (the
     list a workdir indexed), files keep their indices; a file the index lacks is a DataChangedError."""
     if not os.path.isdir(path):
         raise SourceError(f"{path!r} is not digits, synthetic, tfds:NAME or an existing folder")
     found, skipped = scan_folder(path, int(max_image_mb * 2**20))
     if index is not None:
-        return indexed_folder_source(path, found, skipped, index)
+        return indexed_folder_source(path, found, skipped, index, max_image_pixels)
     if not found:
         raise SourceError(f"no image files ({', '.join(IMAGE_EXTENSIONS)}) found below {path}"
                           + (f"; skipped: {', '.join(skipped[:3])}" if skipped else ""))
     names = sorted(found)
-    mask = readable(np.array([os.path.join(path, name) for name in names]))
+    mask = readable(np.array([os.path.join(path, name) for name in names]), max_image_pixels)
     unreadable = tuple(skipped) + tuple(f"{os.path.join(path, name)} (cannot be decoded)"
                                         for name, ok in zip(names, mask) if not ok)
     names = [name for name, ok in zip(names, mask) if ok]
@@ -257,7 +284,8 @@ def folder_source(path: str, max_image_mb: float = MAX_IMAGE_MB, index: DataInde
     return _folder_images(path, index, np.ones(len(names), bool), unreadable)
 
 
-def indexed_folder_source(path: str, found: dict[str, int], skipped: list[str], index: DataIndex) -> ImageSource:
+def indexed_folder_source(path: str, found: dict[str, int], skipped: list[str], index: DataIndex,
+                          max_image_pixels: int = MAX_IMAGE_PIXELS) -> ImageSource:
     """The folder's files in the order of `index`; files gone, resized or undecodable since keep their
     index and are reported (training skips them); files the index lacks are refused."""
     indexed = set(index.names)
@@ -269,7 +297,8 @@ def indexed_folder_source(path: str, found: dict[str, int], skipped: list[str], 
                                f"--reindex_data to index the folder again and re-cluster")
     same = np.array([found.get(name) == size for name, size in zip(index.names, index.file_bytes)])
     mask = np.zeros(len(index.names), bool)
-    mask[same] = readable(np.array([os.path.join(path, name) for name, ok in zip(index.names, same) if ok]))
+    mask[same] = readable(np.array([os.path.join(path, name) for name, ok in zip(index.names, same) if ok]),
+                          max_image_pixels)
     unreadable = tuple(skipped) + tuple(
         f"{os.path.join(path, name)} ({'cannot be decoded' if ok else 'missing or changed since indexed'})"
         for name, ok, good in zip(index.names, same, mask) if not good)

@@ -79,7 +79,7 @@ def prepare_data(config: Config, log: Callable[[str], None] = print) -> ImageSou
     with setting_errors(), progress.reporting(config.verbose, config.progress_seconds):
         index = None if config.reindex_data else workdir_lib.data_index(config.workdir)
         source = load_source(config.data, config.image_size, config.tfds_data_dir, config.synthetic_size,
-                             config.seed, config.max_image_mb, index)
+                             config.seed, config.max_image_mb, index, config.max_image_pixels)
     config_lib.validate_for_data(config, source.num_images)
     check_resumable(config, source.num_images)
     if config.batch_size > source.num_images:

@@ -21,6 +21,7 @@ import sys
 from absl import flags
 
 from keras_dc import cli
+from keras_dc.config import Range, check_flag_numbers, result_or_exit
 
 TOOLS = os.path.dirname(os.path.abspath(__file__))
 
@@ -34,15 +35,16 @@ def define_flags() -> None:
     flags.DEFINE_integer("threads_per_worker", 0, "OpenMP (faiss) threads per worker; 0: CPU cores / workers.")
 
 
+# Every numeric flag and the values it accepts, checked in one place (config.check_numbers).
+RANGES = {"workers": Range(1, 1024), "threads_per_worker": Range(0, 4096)}
+
+
 def main(argv: list[str]) -> None:
     from keras_dc.bench import local_cluster
 
-    if FLAGS.workers < 1:
-        _usage(f"--workers: must be at least 1, got {FLAGS.workers}")
+    result_or_exit(lambda: check_flag_numbers(FLAGS, RANGES))
     if not os.path.isfile(FLAGS.program):
         _usage(f"--program: no such file {FLAGS.program!r}")
-    if FLAGS.threads_per_worker < 0:
-        _usage(f"--threads_per_worker: must be >= 0, got {FLAGS.threads_per_worker}")
     command = local_cluster.python_command(FLAGS.program, argv[1:])
     sys.exit(local_cluster.run_local_cluster(command, FLAGS.workers, FLAGS.threads_per_worker))
 

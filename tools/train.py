@@ -66,6 +66,8 @@ HELP = {
     "progress_seconds": "With --verbose=2, seconds between two progress lines of a long stage (folder scan, "
                         "extraction, PCA, k-means); a shorter stage prints none.",
     "max_image_mb": "Image files larger than this many MB are skipped and reported, never read.",
+    "max_image_pixels": "Images with more pixels than this (read from the file's header) are skipped and reported, "
+                        "never decoded.",
     "reindex_data": "Resume on a folder whose files changed: index it again and re-cluster at once (else refused).",
 }
 

@@ -106,6 +106,18 @@ def errors_as_flags(flags: dict[type[Exception], str]) -> Iterator[None]:
         raise ConfigError(flag, str(error)) from None
 
 
+@contextlib.contextmanager
+def naming_file(path: str) -> Iterator[None]:
+    """Gives an OSError of the block that names no file (a full disk's failed write) `path`, so that its
+    one-line report says which file could not be written and why."""
+    try:
+        yield
+    except OSError as error:
+        if error.errno is None or error.filename:
+            raise
+        raise OSError(error.errno, error.strerror, path) from None
+
+
 def result_or_exit(run: Callable[[], T]) -> T:
     """`run()`; a ConfigError instead becomes its one line on stderr and exit status 2, an OSError (a
     damaged or unwritable file) exit status 3: how the tools stop."""
@@ -282,6 +294,8 @@ def check_resumable(config: Config, saved: Config, saved_num_images: int | None,
     """Refuses to resume a workdir whose saved configuration differs in a key setting, or (when
     num_images is given) whose data had another number of readable images: indices would shift."""
     for key in RESUME_KEYS:
+        if key == "data" and same_data(saved.data, config.data):
+            continue
         if (recorded is None or key in recorded) and getattr(saved, key) != getattr(config, key):
             raise ConfigError(key, f"the workdir {config.workdir} was trained with --{key}={getattr(saved, key)}, "
                               f"not {getattr(config, key)}; use another --workdir or the same setting")
@@ -289,6 +303,17 @@ def check_resumable(config: Config, saved: Config, saved_num_images: int | None,
         raise ConfigError("data", f"the workdir {config.workdir} was trained on {saved_num_images} readable "
                           f"images, {config.data} now has {num_images} (files added, removed or damaged); "
                           f"restore the data or use another --workdir")
+
+
+def same_data(saved: str, given: str) -> bool:
+    """Whether two --data values name the same data: the same words, or folder paths that lead to the same
+    folder (a trailing slash, a relative path or a link changes nothing)."""
+    if saved == given:
+        return True
+    special = ("digits", "synthetic")
+    if saved in special or given in special or saved.startswith("tfds:") or given.startswith("tfds:"):
+        return False
+    return os.path.realpath(saved) == os.path.realpath(given)
 
 
 def changed_settings(config: Config, saved: Config, recorded: frozenset[str] | None = None) -> dict[str, list]:

@@ -330,6 +330,10 @@ def scan_folder(path: str, max_bytes: int) -> tuple[dict[str, int], list[str]]:
     for root, folders, names in os.walk(path, onerror=on_error):
         skipped.extend(f"{printable(os.path.join(root, name))} (link to a folder, not followed)"
                        for name in folders if os.path.islink(os.path.join(root, name)))
+        outputs = [name for name in folders if name == "cluster_grids" or os.path.exists(os.path.join(root, name,
+                                                                                                       ".lock"))]
+        skipped.extend(f"{printable(os.path.join(root, name))} (keras-dc's outputs, not data)" for name in outputs)
+        folders[:] = [name for name in folders if name not in outputs]
         for name in sorted(names):
             if not name.lower().endswith(IMAGE_EXTENSIONS):
                 continue

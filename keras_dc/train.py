@@ -12,7 +12,7 @@ import keras_dc  # noqa: F401  (selects the TensorFlow backend)
 import keras
 
 from keras_dc import (backbones, callbacks, config as config_lib, data, distribute, feature_cache, kmeans,
-                      optimizer as optimizer_lib, preemption, progress, workdir as workdir_lib)
+                      memory_plan, optimizer as optimizer_lib, preemption, progress, workdir as workdir_lib)
 from keras_dc.config import Config, ConfigError
 from keras_dc.eval_callback import EvaluationCallback
 from keras_dc.model import DeeperClusterModel
@@ -63,6 +63,7 @@ def check_settings(config: Config) -> tf.distribute.Strategy:
     """Every check that needs no data (flags, the workdir's saved settings, replicas), before
     anything expensive; returns the strategy to train with."""
     config_lib.validate(config)
+    memory_plan.check_host_memory(config)
     check_resumable(config)
     strategy = distribute.get_strategy(config.strategy)
     replicas = strategy.num_replicas_in_sync
@@ -128,6 +129,9 @@ def train_locked(config: Config, source: ImageSource, log: Callable[[str], None]
     with setting_errors():
         start = training_checkpoints.restore(functools.partial(assignments_problem, config), log, chief)
     apply_settings(model, config)
+    if start.epoch > config.epochs:
+        raise ConfigError("epochs", f"the workdir {config.workdir} has trained {start.epoch} epochs; give "
+                          f"--epochs={start.epoch} or more (the run is done at {start.epoch})")
     if chief:
         workdir_lib.set_aside_damaged_assignments(config.workdir, log)
         record_changes(config, start, log)

@@ -47,7 +47,7 @@ import numpy as np
 import tensorflow as tf
 
 from keras_dc import hierarchy
-from keras_dc.config import Config
+from keras_dc.config import Config, naming_file
 from keras_dc.pca import PCA
 from keras_dc.sources import DataIndex
 
@@ -84,11 +84,12 @@ def replacing(path: str, suffix: str = "", durable: bool = True) -> Iterator[str
     handle, temporary = tempfile.mkstemp(dir=folder, prefix=".tmp-" + os.path.basename(path), suffix=suffix)
     os.close(handle)
     try:
-        yield temporary
-        os.chmod(temporary, 0o666 & ~_umask())  # mkstemp makes 0600; users expect 0644
-        if durable:
-            fsync_path(temporary)
-        os.replace(temporary, path)
+        with naming_file(path):
+            yield temporary
+            os.chmod(temporary, 0o666 & ~_umask())  # mkstemp makes 0600; users expect 0644
+            if durable:
+                fsync_path(temporary)
+            os.replace(temporary, path)
     except BaseException:
         if os.path.exists(temporary):
             os.remove(temporary)
@@ -480,6 +481,9 @@ def load_backbone(path: str):
     except FileNotFoundError:
         raise
     except Exception as error:  # a cut-short .keras fails in zipfile, h5py or JSON parsing alike
+        if "safe_mode" in str(error):
+            raise StorageError(f"{path} refused: it holds an unsafe layer (a Lambda, whose code would run when "
+                               f"loaded); use a backbone exported by tools/train.py") from None
         raise StorageError(f"{path} is damaged ({_reason(error)}); rerun tools/train.py with the run's "
                            f"flags to export it again") from None
 

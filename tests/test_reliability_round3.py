@@ -1,6 +1,7 @@
 """The third reliability round (issue 25): one test per class of failure it found."""
 
 import dataclasses
+import errno
 import json
 import math
 import os
@@ -19,6 +20,7 @@ from conftest import ROOT
 from keras_dc import backbones, config as config_lib, shapes, sources, train, visualize, workdir as workdir_lib
 from keras_dc.bench import local_cluster
 from keras_dc.config import Config, ConfigError
+from keras_dc.feature_cache import CacheWriter
 from keras_dc.workdir import Assignment
 
 MULTI_WORKER_FLAGS = ["--data=synthetic", "--synthetic_size=96", "--arch=small", "--image_size=16",
@@ -338,3 +340,99 @@ def test_an_image_with_too_many_pixels_is_refused_from_its_header_before_decodin
     assert any("bomb.png" in entry for entry in source.unreadable)
     payload = (folder / "large.png").read_bytes()
     assert source._read(str(folder / "large.png").encode(), np.int64(len(payload))) == b""
+
+
+def test_a_run_too_large_for_the_machines_memory_is_refused_before_any_work(tiny_config):
+    """Class 4: --synthetic_size=10^9 ended in an OOM kill."""
+    with pytest.raises(ConfigError) as error:
+        train.check_settings(dataclasses.replace(tiny_config, synthetic_size=10**9))
+    assert error.value.flag == "synthetic_size" and "GB" in str(error.value)
+
+
+def test_data_paths_compare_by_the_folder_they_name(tmp_path, monkeypatch):
+    """Class 6: a trailing slash, a relative path or a link to the same folder is the same data."""
+    folder = tmp_path / "images"
+    folder.mkdir()
+    (tmp_path / "other").mkdir()
+    os.symlink(folder, tmp_path / "link")
+    monkeypatch.chdir(tmp_path)
+    for same in (f"{folder}/", "images", "./images/", str(tmp_path / "link")):
+        assert config_lib.same_data(str(folder), same), same
+        saved = Config(workdir="w", data=str(folder))
+        config_lib.check_resumable(dataclasses.replace(saved, data=same), saved, 10, 10)
+    for other in (str(tmp_path / "other"), "synthetic", "digits", f"tfds:{folder}"):
+        assert not config_lib.same_data(str(folder), other), other
+
+
+def test_a_resume_with_fewer_epochs_than_done_is_refused_and_records_nothing(folder_run, tmp_path):
+    """Class 6: it rewrote config.json and backbone.json with the lower number."""
+    workdir = str(tmp_path / "run")
+    shutil.copytree(folder_run.workdir, workdir)
+    with pytest.raises(ConfigError) as error:
+        train.train(dataclasses.replace(folder_run, workdir=workdir, epochs=2), log=lambda line: None)
+    assert error.value.flag == "epochs" and "--epochs=3" in str(error.value)
+    assert workdir_lib.read_run(workdir).config.epochs == 3
+    assert json.load(open(os.path.join(workdir, "backbone.json")))["epochs"] == 3
+
+
+def test_momentum_may_change_on_resume_either_way(tiny_config):
+    """Class 6: README lets --momentum change on resume; from 0 to 0.9 the checkpoint lacked the buffers."""
+    train.train(dataclasses.replace(tiny_config, epochs=1, momentum=0.0), log=lambda line: None)
+    lines = []
+    train.train(dataclasses.replace(tiny_config, epochs=2, momentum=0.9), log=lines.append)
+    assert "resume: --momentum changed from 0.0 to 0.9; the new value applies from here on" in lines
+
+
+def test_an_unsafe_backbone_is_called_refused_not_damaged(tmp_path):
+    """Class 7: a .keras with a Lambda layer was reported as damaged."""
+    path = str(tmp_path / "lambda.keras")
+    keras.Sequential([keras.Input((3,)), keras.layers.Lambda(lambda x: x * 2)]).save(path)
+    with pytest.raises(workdir_lib.StorageError, match=r"refused: it holds an unsafe layer"):
+        workdir_lib.load_backbone(path)
+
+
+def test_a_failed_write_names_its_file_and_leaves_no_temporary(tmp_path):
+    """Class 7: a full disk reported exit 3 without the file (the write error of a full disk names none)."""
+    path = str(tmp_path / "metrics.jsonl")
+    with pytest.raises(OSError) as error:
+        with workdir_lib.replacing(path):
+            raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+    assert error.value.filename == path and "No space left on device" in str(error.value)
+    assert os.listdir(tmp_path) == []
+
+    class FullDisk:  # what a buffered file on a full disk does when it is flushed
+        def close(self):
+            raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+
+    with pytest.raises(OSError) as error:
+        with CacheWriter(str(tmp_path / "cache.npy"), 0, 3) as writer:
+            writer._file.close()
+            writer._file = FullDisk()
+            writer.finish()
+    assert error.value.filename == str(tmp_path / "cache.npy") and error.value.errno == errno.ENOSPC
+
+
+def test_a_killed_runs_feature_caches_are_removed_when_the_next_run_starts(tmp_path):
+    """Class 7: a killed run's feature_cache/kdc_features_* folder stayed in the workdir."""
+    workdir = str(tmp_path / "run")
+    stale = os.path.join(workdir_lib.feature_cache_dir(workdir), "kdc_features_abc123")
+    os.makedirs(stale)
+    open(os.path.join(stale, "worker_0_raw.npy"), "wb").write(bytes(100))
+    lines = []
+    with workdir_lib.locked(workdir, lines.append):
+        assert not os.path.exists(stale)
+    assert any("removed 1 feature cache folder" in line for line in lines), lines
+
+
+def test_the_tools_own_outputs_in_a_data_folder_are_not_taken_for_data(tmp_path):
+    """Class 7: cluster_grids/*.png (and a workdir) inside a data folder were refused as unlisted files."""
+    from PIL import Image
+
+    folder = tmp_path / "images"
+    for name in ("a/one.png", "b/two.png", "cluster_grids/largest.png", "run/cluster_grids/random.png"):
+        (folder / name).parent.mkdir(parents=True, exist_ok=True)
+        Image.new("RGB", (20, 20)).save(folder / name)
+    (folder / "run" / ".lock").write_text("")
+    source = sources.load_source(str(folder), 16)
+    assert source.index.names == ("a/one.png", "b/two.png")
+    assert sum("keras-dc's outputs" in entry for entry in source.unreadable) == 2

@@ -102,6 +102,8 @@ def main(argv: list[str]) -> None:
     if len(argv) > 1:
         raise app.UsageError(f"unexpected arguments: {' '.join(argv[1:])}")
     logging.set_verbosity(logging.WARNING)
+    import tensorflow as tf
+
     from keras_dc import train
 
     from keras_dc.preemption import Preempted
@@ -128,6 +130,9 @@ def main(argv: list[str]) -> None:
         stop(f"error: {error}; {WRITE_ADVICE}", EXIT_STORAGE)
     except Preempted as error:
         stop(str(error), EXIT_PREEMPTED)
+    except tf.errors.ResourceExhaustedError as error:
+        stop(f"error: out of memory ({error.message.splitlines()[0][:200]}); lower --batch_size or --image_size "
+             f"(--dry_run prints the memory plan)", EXIT_BAD_SETTING)
     print_summary(result)
 
 

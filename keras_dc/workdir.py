@@ -372,8 +372,8 @@ def saved_run(workdir: str) -> SavedRun | None:
     except (OSError, ValueError) as error:  # ValueError: not JSON, or not UTF-8 text
         values, wrong = {}, [_reason(error)]
     if wrong:
-        raise WorkdirError(f"{path} is damaged (not a JSON object of settings: {', '.join(wrong[:3])}); restore "
-                           f"it, or move it away to resume with this run's flags") from None
+        raise WorkdirError(f"cannot read {path}: damaged, not a JSON object of settings ({', '.join(wrong[:3])}); "
+                           f"restore it, or move it away to resume with this run's flags") from None
     return SavedRun(Config.from_dict(values), values.get("source", ""), values.get("num_images"),
                     frozenset(values))
 

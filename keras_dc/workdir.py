@@ -15,8 +15,10 @@ Layout of a workdir:
     cluster_grids/                PNG grids of tools/visualize_clusters.py
     set_aside/                    damaged files (and checkpoints newer than the one resumed from),
                                   moved here, never deleted
-Files are written to a temporary name, flushed, fsynced and renamed, so a
-killed run leaves either the old file or the new one, never half of one.
+Files are written to a new, unpredictable temporary name, flushed, fsynced and
+renamed, so a killed run leaves either the old file or the new one, never half
+of one, and no link planted in the workdir is written through (a run taking the
+lock also removes the links where it writes, and the caches a killed run left).
 Checkpoints are fsynced before tf.train.CheckpointManager records them in
 checkpoints/checkpoint (itself replaced by a rename), so a kill in the middle
 of a save leaves the previous checkpoint the latest one. A file found damaged

@@ -51,7 +51,7 @@ def define_flags() -> None:
 
 
 # Every numeric flag and the values it accepts, checked in one place (config.check_numbers).
-RANGES = {**tool_inputs.RANGES, "max_dim": COUNT, "lrs": LEARNING_RATE, "kfold": Range(1, 1000),
+RANGES = {**tool_inputs.RANGES, "max_dim": COUNT, "lrs": LEARNING_RATE, "kfold": Range(0, 1000),
           "epochs": Range(1, 10**6), "batch_size": Range(1, 2**20), "momentum": MOMENTUM, "weight_decay": DECAY,
           "knn_k": COUNT, "knn_temperature": Range(0, 1000, low_open=True), "kmeans_k": OPTIONAL_COUNT,
           "kmeans_pca_dim": Range(1, 2**16), "seed": SEED, "min_crop_scale": FRACTION}

@@ -24,6 +24,7 @@ CACHE_DTYPES = ("float32", "float16")
 
 VERBOSITIES = (-1, 0, 1, 2)  # -1: keras_dc.progress.AUTO
 MAX_IMAGE_MB = 64.0  # larger image files are skipped: a photo is a few MB, a 1 GB ".jpg" is not one to decode
+MAX_IMAGE_PIXELS = 89_478_485  # PIL's decompression-bomb limit: a small file can still decode to gigabytes
 
 # Settings that decide the shape of the model, the meaning of the saved
 # assignments (cycle n covers epochs n*T..) or of a mid-epoch position (counted
@@ -32,13 +33,61 @@ RESUME_KEYS = ("data", "arch", "image_size", "k", "super_clusters", "rotation", 
                "reassign_every", "batch_size", "head_groups", "pretrained")
 # Not a setting of the run: a workdir may be moved.
 NOT_SETTINGS = ("workdir",)
-MAX_SEED = 2**32 - 1  # numpy's and Keras' global seeds are 32-bit
 # Fewer examples than this per sub-class head per step make its gradient (a mean over its own examples)
 # too noisy; the paper's batch gives 192 (3,072 images over 16 super-classes).
 MIN_EXAMPLES_PER_HEAD = 8
 
 
 T = TypeVar("T")
+
+
+@dataclasses.dataclass(frozen=True)
+class Range:
+    """The values a numeric flag accepts: finite, from `low` to `high` (each bound included unless open)."""
+
+    low: float
+    high: float
+    low_open: bool = False
+    high_open: bool = False
+
+    def __contains__(self, value: float) -> bool:
+        above = value > self.low if self.low_open else value >= self.low
+        below = value < self.high if self.high_open else value <= self.high
+        return math.isfinite(value) and above and below
+
+    def __str__(self) -> str:
+        return f"{'(' if self.low_open else '['}{self.low:g}, {self.high:g}{')' if self.high_open else ']'}"
+
+
+BIG = 10**9  # a count no run reaches; larger values are typing mistakes (or attacks), refused before any work
+POSITIVE = Range(0, BIG, low_open=True)
+COUNT = Range(1, BIG)  # a number of things, at least one
+OPTIONAL_COUNT = Range(0, BIG)  # 0 chooses a default or turns the feature off
+FRACTION = Range(0, 1, low_open=True)  # of an area or a set: (0, 1]
+MOMENTUM = Range(0, 1, high_open=True)
+DECAY = Range(0, 1)
+LEARNING_RATE = Range(0, 100, low_open=True)
+SEED = Range(0, 2**32 - 1)  # numpy's and Keras' global seeds are 32-bit
+IMAGE_SIDE = Range(1, 8192)
+
+
+def check_numbers(values: dict[str, float | list], ranges: dict[str, Range]) -> None:
+    """The one check of every tool's numeric flags: each value (or each item of a list flag) is a finite
+    number in its flag's Range; else a ConfigError naming the flag. Tools call it before any work."""
+    for flag, allowed in ranges.items():
+        items = values[flag] if isinstance(values[flag], (list, tuple)) else [values[flag]]
+        for item in items:
+            try:
+                number = float(item)
+            except (TypeError, ValueError):
+                raise ConfigError(flag, f"{item!r} is not a number") from None
+            if number not in allowed:
+                raise ConfigError(flag, f"must be a finite number in {allowed}, got {item}")
+
+
+def check_flag_numbers(flag_values, ranges: dict[str, Range]) -> None:
+    """check_numbers on absl's parsed flags (`flag_values` is absl.flags.FLAGS)."""
+    check_numbers({flag: flag_values[flag].value for flag in ranges}, ranges)
 
 
 class ConfigError(ValueError):
@@ -58,6 +107,18 @@ def errors_as_flags(flags: dict[type[Exception], str]) -> Iterator[None]:
     except tuple(flags) as error:
         flag = next(flag for kind, flag in flags.items() if isinstance(error, kind))
         raise ConfigError(flag, str(error)) from None
+
+
+@contextlib.contextmanager
+def naming_file(path: str) -> Iterator[None]:
+    """Gives an OSError of the block that names no file (a full disk's failed write) `path`, so that its
+    one-line report says which file could not be written and why."""
+    try:
+        yield
+    except OSError as error:
+        if error.errno is None or error.filename:
+            raise
+        raise OSError(error.errno, error.strerror, path) from None
 
 
 def result_or_exit(run: Callable[[], T]) -> T:
@@ -114,6 +175,7 @@ class Config:
     verbose: int = -1  # keras_dc.progress.AUTO: 1 on a terminal, 2 otherwise
     progress_seconds: float = 10.0
     max_image_mb: float = MAX_IMAGE_MB
+    max_image_pixels: int = MAX_IMAGE_PIXELS
     reindex_data: bool = False
     pretrained: str = ""  # a backbone.keras, a workdir or a reference checkpoint the body starts from
 
@@ -157,6 +219,9 @@ def validate(config: Config) -> None:
     if config.image_size < minimum:
         raise ConfigError("image_size", f"{config.image_size} is too small for {config.arch}; use at least {minimum}")
     _check_numbers(config)
+    if config.pca_dim > backbones.FEATURE_DIM[config.arch]:
+        raise ConfigError("pca_dim", f"{config.pca_dim} is more than the {backbones.FEATURE_DIM[config.arch]} "
+                          f"features of {config.arch}")
     _check_clusters(config)
     _check_choice("sampling", config.sampling, SAMPLING_MODES)
     _check_choice("precision", config.precision, PRECISIONS)
@@ -185,25 +250,24 @@ def _check_head_groups(config: Config) -> None:
                               f"are updated with torch's coupled decay, without loss scaling or XLA")
 
 
+# Every numeric setting of a run and the values it accepts (the Config's part of check_numbers).
+TRAIN_RANGES = {
+    "image_size": IMAGE_SIDE, "batch_size": Range(1, 2**20), "epochs": Range(1, 10**6), "k": COUNT,
+    "super_clusters": COUNT, "reassign_every": Range(1, 10**6), "pca_dim": Range(1, 2**16),
+    "pca_sample": OPTIONAL_COUNT, "kmeans_iters": Range(1, 10**5), "lr": LEARNING_RATE, "momentum": MOMENTUM,
+    "weight_decay": DECAY, "min_crop_scale": FRACTION, "seed": SEED, "synthetic_size": COUNT,
+    "max_cache_gb": Range(0, 10**6), "eval_every": OPTIONAL_COUNT, "verbose": Range(-1, 2),
+    "progress_seconds": Range(0, 10**6), "max_image_mb": Range(0, 10**6, low_open=True),
+    "max_image_pixels": COUNT,
+}
+
+
 def _check_numbers(config: Config) -> None:
-    for field in dataclasses.fields(config):
-        value = getattr(config, field.name)
-        if isinstance(value, float) and not math.isfinite(value):
-            raise ConfigError(field.name, f"must be a finite number, got {value}")
-    for flag in ("batch_size", "epochs", "reassign_every", "pca_dim", "kmeans_iters", "lr", "max_image_mb"):
-        _positive(flag, getattr(config, flag))
-    for flag in ("seed", "pca_sample", "max_cache_gb", "eval_every", "progress_seconds"):
-        if getattr(config, flag) < 0:
-            raise ConfigError(flag, f"must be 0 or more, got {getattr(config, flag)}")
-    if config.seed > MAX_SEED:
-        raise ConfigError("seed", f"must be below 2**32 = {MAX_SEED + 1}, got {config.seed}")
-    if config.data == "synthetic":
-        _positive("synthetic_size", config.synthetic_size)
-    if config.weight_decay < 0 or not 0 <= config.momentum < 1:
-        flag = "weight_decay" if config.weight_decay < 0 else "momentum"
-        raise ConfigError(flag, f"out of range: {getattr(config, flag)}")
-    if not 0 < config.min_crop_scale <= 1:
-        raise ConfigError("min_crop_scale", f"must be in (0, 1], got {config.min_crop_scale}")
+    check_numbers(dataclasses.asdict(config), TRAIN_RANGES)
+    if config.pca_sample and config.pca_sample < config.pca_dim:
+        raise ConfigError("pca_sample", f"{config.pca_sample} images cannot fit a {config.pca_dim}-dimensional "
+                          f"PCA (its whitening would divide by eigenvalues at the floor); use 0 (all) or at "
+                          f"least --pca_dim")
 
 
 def _check_clusters(config: Config) -> None:
@@ -266,6 +330,8 @@ def check_resumable(config: Config, saved: Config, saved_num_images: int | None,
     """Refuses to resume a workdir whose saved configuration differs in a key setting, or (when
     num_images is given) whose data had another number of readable images: indices would shift."""
     for key in RESUME_KEYS:
+        if key == "data" and same_data(saved.data, config.data):
+            continue
         if (recorded is None or key in recorded) and getattr(saved, key) != getattr(config, key):
             raise ConfigError(key, f"the workdir {config.workdir} was trained with --{key}={getattr(saved, key)}, "
                               f"not {getattr(config, key)}; use another --workdir or the same setting")
@@ -273,6 +339,17 @@ def check_resumable(config: Config, saved: Config, saved_num_images: int | None,
         raise ConfigError("data", f"the workdir {config.workdir} was trained on {saved_num_images} readable "
                           f"images, {config.data} now has {num_images} (files added, removed or damaged); "
                           f"restore the data or use another --workdir")
+
+
+def same_data(saved: str, given: str) -> bool:
+    """Whether two --data values name the same data: the same words, or folder paths that lead to the same
+    folder (a trailing slash, a relative path or a link changes nothing)."""
+    if saved == given:
+        return True
+    special = ("digits", "synthetic")
+    if saved in special or given in special or saved.startswith("tfds:") or given.startswith("tfds:"):
+        return False
+    return os.path.realpath(saved) == os.path.realpath(given)
 
 
 def changed_settings(config: Config, saved: Config, recorded: frozenset[str] | None = None) -> dict[str, list]:

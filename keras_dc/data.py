@@ -171,19 +171,20 @@ def center_view(image: tf.Tensor, image_size: int) -> tf.Tensor:
 
 def training_dataset(source: ImageSource, tables: LabelTables, image_size: int, batch_size: int,
                      rotation: bool, seed: int, min_crop_scale: float, flip: bool = True,
-                     shard: tuple[int, int] = (0, 1)) -> tf.data.Dataset:
-    """One epoch of (image, targets) batches following the plan in `tables`.
+                     shard: tuple[int, int] = (0, 1), skip_batches: int = 0) -> tf.data.Dataset:
+    """One epoch of (image, targets) batches following the plan in `tables`, less its first
+    `skip_batches` (an epoch resumed mid-way: skipped in the plan, so no skipped image is read).
 
     Targets are {"super", "sub", "weight", "index"}. The plan and labels are read
     when the epoch's iterator starts, so a swap between epochs reaches the next one.
     """
     worker, workers = shard
-    steps = tables.plan_size // workers // batch_size
+    steps = tables.plan_size // workers // batch_size - skip_batches
 
     def epoch_plan(_):
         plan = (tf.range(tables.plan_size, dtype=tf.int64), tables.plan_indices.read_value(),
                 tables.plan_rotations.read_value())
-        return tf.data.Dataset.from_tensor_slices(plan).shard(workers, worker)
+        return tf.data.Dataset.from_tensor_slices(plan).shard(workers, worker).skip(skip_batches * batch_size)
 
     def example_seed(position):
         return tf.stack([tf.constant(seed, tf.int64), tables.epoch * tables.plan_size + position])
@@ -222,14 +223,18 @@ def training_dataset(source: ImageSource, tables: LabelTables, image_size: int, 
 
 
 def distributed_training_dataset(strategy: tf.distribute.Strategy, make: Callable[..., tf.data.Dataset],
-                                 global_batch_size: int, shard: tuple[int, int] | None = None
+                                 global_batch_size: int, shard: tuple[int, int] | None = None, skip_steps: int = 0
                                  ) -> tf.distribute.DistributedDataset:
-    """What `make(batch_size=, shard=)` builds (training_dataset with its other arguments bound), once
-    per input pipeline: each reads its own shard of the epoch plan (`shard`, else the pipeline's place
-    among all) in per-replica batches, so that a step consumes global_batch_size distinct examples."""
+    """What `make(batch_size=, shard=, skip_batches=)` builds (training_dataset with its other arguments
+    bound), once per input pipeline: each reads its own shard of the epoch plan (`shard`, else the
+    pipeline's place among all) in per-replica batches, so that a step consumes global_batch_size distinct
+    examples; the first `skip_steps` steps are skipped (a step takes one batch per local replica from its
+    pipeline)."""
     def pipeline(context: tf.distribute.InputContext) -> tf.data.Dataset:
+        local_replicas = context.num_replicas_in_sync // context.num_input_pipelines
         return make(batch_size=context.get_per_replica_batch_size(global_batch_size),
-                    shard=shard or (context.input_pipeline_id, context.num_input_pipelines))
+                    shard=shard or (context.input_pipeline_id, context.num_input_pipelines),
+                    skip_batches=skip_steps * local_replicas)
 
     return strategy.distribute_datasets_from_function(pipeline)
 

@@ -23,7 +23,7 @@ import numpy as np
 import tensorflow as tf
 
 from keras_dc import progress
-from keras_dc.config import CACHE_DTYPES
+from keras_dc.config import CACHE_DTYPES, naming_file
 from keras_dc.distribute import Collective
 
 CHUNK_ELEMENTS = 2**24  # 64 MB of float32 per chunk read from a cache
@@ -87,12 +87,14 @@ class CacheWriter:
         if rows.ndim != 2 or rows.shape[1] != self.shape[1] or self._written + len(rows) > self.shape[0]:
             raise ValueError(f"{self.path}: rows of shape {rows.shape} do not fit a {self.shape} cache "
                              f"holding {self._written} rows")
-        rows.tofile(self._file)
+        with naming_file(self.path):
+            rows.tofile(self._file)
         self._written += len(rows)
 
     def finish(self) -> FeatureCache:
         """The complete cache, memory-mapped read-only; refuses a cache missing rows."""
-        self._file.close()
+        with naming_file(self.path):
+            self._file.close()
         if self._written != self.shape[0]:
             raise ValueError(f"{self.path}: {self._written} of {self.shape[0]} rows written")
         os.replace(self._temporary, self.path)  # replaces a link at `path` itself, never its target
@@ -102,7 +104,8 @@ class CacheWriter:
         return self
 
     def __exit__(self, error_type, error, traceback) -> None:
-        self._file.close()
+        with naming_file(self.path):
+            self._file.close()
         if error_type is not None:
             for path in (self._temporary, self.path):
                 if os.path.lexists(path):

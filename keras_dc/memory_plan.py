@@ -9,12 +9,14 @@ worker also keeps a disk cache of features and fits the PCA in host memory.
 
 from __future__ import annotations
 
+import os
+
 import numpy as np
 
 import keras_dc  # noqa: F401  (selects the TensorFlow backend)
 import keras
 
-from keras_dc.config import Config
+from keras_dc.config import Config, ConfigError
 
 FLOAT32 = 4
 MILLION = 1_000_000
@@ -45,7 +47,7 @@ def plan(config: Config, replicas: int, backbone: keras.Model, groups: int = 1) 
     return {
         "body": body * FLOAT32,
         "heads": heads * FLOAT32,
-        "optimizer_slots": (trainable + heads) * FLOAT32 * (config.momentum > 0),
+        "optimizer_slots": (trainable + heads) * FLOAT32,  # built at any --momentum (keras_dc.optimizer.SGD)
         "gradients": (trainable + heads) * FLOAT32,
         "activations": per_replica_batch * (activation_elements(backbone) * compute_bytes + logits * FLOAT32),
         "feature_cache_per_million_images": MILLION * (dim + config.pca_dim) * cache_bytes,
@@ -54,6 +56,32 @@ def plan(config: Config, replicas: int, backbone: keras.Model, groups: int = 1) 
         * FLOAT32 * (replicas > 1),
         "allreduce_in_group": (heads - super_head) * FLOAT32 * (groups > 1 and replicas // groups > 1),
     }
+
+
+SYNTHETIC_BYTES_PER_VALUE = 17  # generating --data=synthetic holds float64 noise and images, then uint8 copies
+
+
+def machine_bytes() -> int:
+    """The memory this process may use: the machine's, or its cgroup's limit when lower."""
+    total = os.sysconf("SC_PHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
+    try:
+        with open("/sys/fs/cgroup/memory.max") as handle:
+            limit = handle.read().strip()
+        return min(total, int(limit)) if limit.isdigit() else total
+    except OSError:
+        return total
+
+
+def check_host_memory(config: Config) -> None:
+    """Refuses, before any work, a run whose in-memory images cannot fit in this machine's memory (an
+    OOM kill later would lose the run without a word)."""
+    if config.data != "synthetic":
+        return
+    needed = config.synthetic_size * config.image_size ** 2 * 3 * SYNTHETIC_BYTES_PER_VALUE
+    if needed > machine_bytes():
+        raise ConfigError("synthetic_size", f"{config.synthetic_size} images of {config.image_size}x"
+                          f"{config.image_size} need {needed / 1e9:.1f} GB to generate, more than the "
+                          f"{machine_bytes() / 1e9:.1f} GB of this machine")
 
 
 def describe(config: Config, replicas: int, figures: dict[str, int], groups: int = 1) -> str:

@@ -33,6 +33,13 @@ class SGD(keras.optimizers.SGD):
         self.l2 = 0.0 if decoupled else float(weight_decay)
         self.decoupled = decoupled
 
+    def build(self, variables):
+        """Momentum buffers even at momentum 0, so that a checkpoint always holds them and a resumed run
+        may change --momentum either way (the buffers of a momentum-0 run stay zero)."""
+        super().build(variables)
+        if not self.momentums:
+            self.momentums = self.add_optimizer_variables(variables, "momentum")
+
     def update_step(self, gradient, variable, learning_rate):
         buffer = self.momentums[self._get_variable_index(variable)] if self.momentum else None
         torch_update(variable, buffer, gradient, learning_rate, self.momentum, self.l2)

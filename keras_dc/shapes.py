@@ -7,6 +7,7 @@ on a random background, with noise, saved as PNG under FOLDER/SHAPE/NNNNN.png.
 
 from __future__ import annotations
 
+import io
 import os
 
 import numpy as np
@@ -42,14 +43,17 @@ def draw_shape(shape: str, size: int, rng: np.random.Generator) -> np.ndarray:
 
 
 def write_shapes_folder(folder: str, images: int, size: int = 64, seed: int = 0) -> list[str]:
-    """Writes `images` PNGs, shapes in turn, under folder/SHAPE/; returns their paths."""
+    """Writes `images` PNGs, shapes in turn, under folder/SHAPE/ (each to a new name, then renamed: no
+    planted link is followed); returns their paths."""
+    from keras_dc.workdir import atomic_write_bytes
+
     rng = np.random.default_rng(seed)
     paths = []
-    for shape in SHAPES:
-        os.makedirs(os.path.join(folder, shape), exist_ok=True)
     for index in range(images):
         shape = SHAPES[index % len(SHAPES)]
         path = os.path.join(folder, shape, f"{index:05d}.png")
-        Image.fromarray(draw_shape(shape, size, rng)).save(path)
+        buffer = io.BytesIO()
+        Image.fromarray(draw_shape(shape, size, rng)).save(buffer, format="PNG")
+        atomic_write_bytes(path, buffer.getvalue(), durable=False)
         paths.append(path)
     return paths

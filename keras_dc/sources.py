@@ -19,17 +19,20 @@ from __future__ import annotations
 
 import concurrent.futures
 import dataclasses
+import io
 import os
 import stat
 import threading
+import warnings
 from collections.abc import Iterable
 from typing import Protocol
 
 import numpy as np
 import tensorflow as tf
+from PIL import Image
 
 from keras_dc import progress
-from keras_dc.config import MAX_IMAGE_MB
+from keras_dc.config import MAX_IMAGE_MB, MAX_IMAGE_PIXELS
 
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".gif", ".webp")
 SYNTHETIC_CLASSES = 10
@@ -129,6 +132,7 @@ class ImageSource:
     index: DataIndex | None = None  # for image folders: the files indexed (what a workdir records)
     usable: np.ndarray | None = None  # (N,) bool, for `reader`: False for images skipped without trying
     failed: set[str] = dataclasses.field(default_factory=set)  # images of `reader` that failed in use
+    max_pixels: int = MAX_IMAGE_PIXELS  # an image whose header says more is never decoded (read as missing)
 
     @property
     def same_size(self) -> bool:
@@ -168,6 +172,8 @@ class ImageSource:
         """(the encoded bytes of an image still usable, whether they decoded before in this run), or
         (b"", False) (and the image is marked failed)."""
         payload = self.reader.read(int(position)) if self.usable[position] else b""
+        if payload and image_pixels(io.BytesIO(payload)) > self.max_pixels:
+            payload = b""
         if not payload and self.usable[position]:
             self._fail(int(position))
         return payload, np.bool_(bool(payload) and self._decoded[position])
@@ -223,6 +229,20 @@ def read_regular_file(path: bytes | str, expected_bytes: int = -1) -> bytes:
 BLANK_SIDE = 8  # the black image that stands for one that cannot be read (its example weighs 0)
 
 
+def image_pixels(file) -> int:
+    """Width x height as an image file's header states them (a path or a binary file object; PIL reads no
+    pixel data), so that an image too large to decode is refused before it is; 0 when it cannot tell."""
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+            with Image.open(file) as image:
+                return image.width * image.height
+    except Image.DecompressionBombError:  # PIL's own limit: twice Image.MAX_IMAGE_PIXELS
+        return 2**63 - 1
+    except Exception:  # noqa: BLE001  (not an image PIL knows: TensorFlow's decoder decides)
+        return 0
+
+
 def decode_bytes(payload: tf.Tensor) -> tf.Tensor:
     """The uint8 (H, W, 3) image encoded in `payload` (JPEG, PNG, GIF, BMP or WebP); fails on anything else."""
     image = tf.io.decode_image(payload, channels=3, expand_animations=False)
@@ -240,9 +260,11 @@ def guarded_decode(payload: tf.Tensor) -> tuple[tf.Tensor, tf.Tensor]:
 
 
 def load_source(spec: str, image_size: int, tfds_data_dir: str = "", synthetic_size: int = 512,
-                seed: int = 0, max_image_mb: float = MAX_IMAGE_MB, index: DataIndex | None = None) -> ImageSource:
+                seed: int = 0, max_image_mb: float = MAX_IMAGE_MB, index: DataIndex | None = None,
+                max_image_pixels: int = MAX_IMAGE_PIXELS) -> ImageSource:
     """Parses a `--data` value: digits, synthetic, tfds:NAME[:SPLIT], shards:DIR (written by
-    tools/make_shards.py) or a folder path (read with folder_source's `max_image_mb` and `index`)."""
+    tools/make_shards.py) or a folder path (read with folder_source's `max_image_mb` and `index`); an
+    image of a folder or shards whose header states more than `max_image_pixels` is never decoded."""
     if spec == "digits":
         return digits_source(image_size)
     if spec == "synthetic":
@@ -252,8 +274,8 @@ def load_source(spec: str, image_size: int, tfds_data_dir: str = "", synthetic_s
     if spec.startswith(SHARDS_PREFIX):
         from keras_dc import shards
 
-        return shards.shard_source(spec[len(SHARDS_PREFIX):])
-    return folder_source(spec, max_image_mb, index)
+        return dataclasses.replace(shards.shard_source(spec[len(SHARDS_PREFIX):]), max_pixels=max_image_pixels)
+    return dataclasses.replace(folder_source(spec, max_image_mb, index), max_pixels=max_image_pixels)
 
 
 def labelled_like(val: ImageSource, train: ImageSource) -> ImageSource:
@@ -419,7 +441,9 @@ def _scan_one(folder: str, prefix: str, max_bytes: int, found: dict[str, int], s
         return []
     subfolders = []
     for entry in entries:
-        if entry.is_dir(follow_symlinks=False):
+        if entry.is_dir(follow_symlinks=False) and _keras_dc_outputs(entry.path):
+            skipped.append(f"{printable(entry.path)} (keras-dc's outputs, not data)")
+        elif entry.is_dir(follow_symlinks=False):
             subfolders.append(entry.path)
         elif entry.is_symlink() and entry.is_dir():
             skipped.append(f"{printable(entry.path)} (link to a folder, not followed)")
@@ -430,6 +454,11 @@ def _scan_one(folder: str, prefix: str, max_bytes: int, found: dict[str, int], s
             else:
                 found[entry.path[len(prefix):]] = size
     return sorted(subfolders)
+
+
+def _keras_dc_outputs(folder: str) -> bool:
+    """A folder of cluster pictures or a workdir (it holds a run's .lock) inside the data folder."""
+    return os.path.basename(folder) == "cluster_grids" or os.path.exists(os.path.join(folder, ".lock"))
 
 
 def _entry_size(entry: os.DirEntry, max_bytes: int) -> tuple[int, str]:

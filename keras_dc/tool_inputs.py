@@ -5,7 +5,10 @@ from __future__ import annotations
 
 import os
 
-from keras_dc.config import Config, ConfigError, errors_as_flags
+from keras_dc.config import COUNT, IMAGE_SIDE, Config, ConfigError, Range, errors_as_flags, same_data
+
+# The numeric flags of define_flags and the values they accept (config.check_numbers).
+RANGES = {"image_size": IMAGE_SIDE, "val_fraction": Range(0, 1, low_open=True, high_open=True), "synthetic_size": COUNT}
 
 
 def define_flags(flags, verb: str) -> None:
@@ -26,12 +29,10 @@ def define_flags(flags, verb: str) -> None:
 
 
 def check_inputs(workdir: str, backbone: str, random_init: bool, val_fraction: float) -> None:
-    """Exactly one of --workdir, --backbone and --random_init says where the network comes from, and
-    --val_fraction is a fraction."""
+    """Exactly one of --workdir, --backbone and --random_init says where the network comes from (the numbers,
+    --val_fraction among them, are the tool's RANGES)."""
     if sum([bool(workdir), bool(backbone), random_init]) != 1:
         raise ConfigError("workdir", "give exactly one of --workdir, --backbone and --random_init")
-    if not 0 < val_fraction < 1:
-        raise ConfigError("val_fraction", f"must be in (0, 1), got {val_fraction}")
 
 
 def load_backbone(workdir: str, backbone: str, random_init: bool, arch: str, image_size: int, sobel: bool,
@@ -62,7 +63,7 @@ def load_labelled(flag: str, spec: str, image_size: int, trained: Config | None,
     from keras_dc.sources import DataDirError, SourceError, load_source
     from keras_dc.workdir import WorkdirError, data_index
 
-    same = trained is not None and spec == trained.data
+    same = trained is not None and same_data(trained.data, spec)
     if same:
         tfds_data_dir, synthetic_size, seed = trained.tfds_data_dir, trained.synthetic_size, trained.seed
     with errors_as_flags({DataDirError: "tfds_data_dir", SourceError: flag, WorkdirError: "workdir"}):

@@ -13,7 +13,8 @@ import keras_dc  # noqa: F401  (selects the TensorFlow backend)
 import keras
 
 from keras_dc import (backbones, callbacks, config as config_lib, data, distribute, feature_cache, head_groups,
-                      kmeans, optimizer as optimizer_lib, preemption, pretrained, progress, workdir as workdir_lib)
+                      kmeans, memory_plan, optimizer as optimizer_lib, preemption, pretrained, progress,
+                      workdir as workdir_lib)
 from keras_dc.config import Config, ConfigError
 from keras_dc.eval_callback import EvaluationCallback
 from keras_dc.head_groups import HeadLayout
@@ -75,6 +76,7 @@ def check_settings(config: Config) -> tf.distribute.Strategy:
     """Every check that needs no data (flags, the workdir's saved settings, replicas), before
     anything expensive; returns the strategy to train with."""
     config_lib.validate(config)
+    memory_plan.check_host_memory(config)
     strategy = distribute.get_strategy(config.strategy)
     replicas = strategy.num_replicas_in_sync
     resolve_head_groups(config, strategy)
@@ -105,7 +107,7 @@ def prepare_data(config: Config, log: Callable[[str], None] = print) -> ImageSou
     with setting_errors(), progress.reporting(config.verbose, config.progress_seconds):
         index = None if config.reindex_data else workdir_lib.data_index(config.workdir)
         source = load_source(config.data, config.image_size, config.tfds_data_dir, config.synthetic_size,
-                             config.seed, config.max_image_mb, index)
+                             config.seed, config.max_image_mb, index, config.max_image_pixels)
     config_lib.validate_for_data(config, source.num_images)
     check_resumable(config, source.num_images)
     if config.batch_size > source.num_images:
@@ -162,6 +164,9 @@ def train_locked(config: Config, source: ImageSource, log: Callable[[str], None]
         pretrained.load_into(model.backbone, config.pretrained, config.arch, config.sobel)
         log(f"pretrained: the body starts from {config.pretrained}, the heads from random weights")
     apply_settings(model, config)
+    if start.epoch > config.epochs:
+        raise ConfigError("epochs", f"the workdir {config.workdir} has trained {start.epoch} epochs; give "
+                          f"--epochs={start.epoch} or more (the run is done at {start.epoch})")
     if chief:
         workdir_lib.set_aside_damaged_assignments(config.workdir, log)
         record_changes(config, start, log)
@@ -175,13 +180,12 @@ def train_locked(config: Config, source: ImageSource, log: Callable[[str], None]
         with preemption.sigterm_requests() as stop_request, \
                 distribute.checkpoint_write_dir(config.workdir, writer) as write_dir, \
                 progress.reporting(config.verbose if chief else 0, config.progress_seconds):
-            saver = training_checkpoints if writer else TrainingCheckpoints(
-                write_dir, model, training_checkpoints.steps_per_epoch)
+            saver = training_checkpoints if writer else training_checkpoints.elsewhere(write_dir)
             callback_list = run_callbacks(config, source, tables, saver, start, stop_request, log, strategy,
                                           cache, evaluation, layout)
             with distribute.keras_fit_context(model, strategy), setting_errors():  # no image decodes
-                fit(model, worker_dataset(strategy, dataset, make_dataset, config.batch_size, layout), config, start,
-                    callback_list)
+                fit(model, functools.partial(worker_dataset, strategy, make_dataset, config.batch_size, layout),
+                    config, start, callback_list)
     if chief:
         export_backbone(model.backbone, config, source)
     return summary(config)
@@ -210,10 +214,12 @@ class GroupPeers:
 
 def assignments_problem(config: Config, position: Position) -> str | None:
     """Why a checkpoint at `position` cannot be resumed from: the cycle it stopped in the middle of has
-    damaged assignments (a cycle that starts there is clustered again instead)."""
+    damaged or missing assignments (a cycle that starts there is clustered again instead; clustering a
+    cycle resumed mid-way would use a later model than the uninterrupted run did)."""
     if position.step == 0 and position.epoch % config.reassign_every == 0:
         return None
-    problem = workdir_lib.assignment_problem(config.workdir, position.epoch // config.reassign_every)
+    cycle = position.epoch // config.reassign_every
+    problem = workdir_lib.assignment_problem(config.workdir, cycle, missing=True)
     return problem and f"needs {problem}"
 
 
@@ -237,9 +243,10 @@ def record_changes(config: Config, start: Position, log: Callable[[str], None]) 
         workdir_lib.record_setting_changes(config.workdir, start, changes)
 
 
-def fit(model: DeeperClusterModel, dataset: tf.data.Dataset, config: Config, start: Position,
-        callback_list: list[keras.callbacks.Callback]) -> None:
-    """Trains from `start` to config.epochs; an epoch stopped mid-way first finishes from its saved batch.
+def fit(model: DeeperClusterModel, datasets: Callable[[int], tf.data.Dataset | tf.distribute.DistributedDataset],
+        config: Config, start: Position, callback_list: list[keras.callbacks.Callback]) -> None:
+    """Trains from `start` to config.epochs on `datasets(skipped_steps)`; an epoch stopped mid-way first
+    finishes from its saved batch.
 
     An epoch's plan and augmentations depend on (seed, epoch) only, so skipping the
     batches already trained continues exactly as the uninterrupted run.
@@ -248,22 +255,23 @@ def fit(model: DeeperClusterModel, dataset: tf.data.Dataset, config: Config, sta
                             shuffle=False)  # the dataset is in the epoch plan's order already
     first = start.epoch
     if start.step:
-        run(dataset.skip(start.step), epochs=start.epoch + 1, initial_epoch=start.epoch)
+        run(datasets(start.step), epochs=start.epoch + 1, initial_epoch=start.epoch)
         first += 1
     if first < config.epochs:
-        run(dataset, epochs=config.epochs, initial_epoch=first)
+        run(datasets(0), epochs=config.epochs, initial_epoch=first)
 
 
-def worker_dataset(strategy: tf.distribute.Strategy, dataset: tf.data.Dataset,
-                   make_dataset: Callable[..., tf.data.Dataset], global_batch_size: int, layout: HeadLayout
+def worker_dataset(strategy: tf.distribute.Strategy, make_dataset: Callable[..., tf.data.Dataset],
+                   global_batch_size: int, layout: HeadLayout, skip_steps: int = 0
                    ) -> tf.data.Dataset | tf.distribute.DistributedDataset:
-    """`dataset`, whose batches Keras splits over the local replicas, or in multi-worker mode what
-    `make_dataset(batch_size=, shard=)` builds for each worker: its shard of the epoch plan (of its
-    group's plan, when groups of replicas own the heads)."""
+    """What `make_dataset(batch_size=, shard=, skip_batches=)` builds for this process, less the epoch's first
+    `skip_steps` steps: the whole epoch's batches, which Keras splits over the local replicas, or in
+    multi-worker mode each worker's shard of the epoch plan (of its group's plan, when groups of replicas
+    own the heads; tf.distribute datasets have no skip)."""
     if not distribute.in_multi_worker_mode(strategy):
-        return dataset
+        return make_dataset(batch_size=global_batch_size, skip_batches=skip_steps)
     shard = (layout.rank, layout.group_size) if layout.grouped else None
-    return data.distributed_training_dataset(strategy, make_dataset, global_batch_size, shard)
+    return data.distributed_training_dataset(strategy, make_dataset, global_batch_size, shard, skip_steps)
 
 
 def run_callbacks(config: Config, source: ImageSource, tables: data.LabelTables,

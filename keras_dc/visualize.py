@@ -9,11 +9,13 @@ TensorBoard lists it under the same run.
 
 from __future__ import annotations
 
+import io
 import math
 import os
 
 import numpy as np
 import tensorflow as tf
+from google.protobuf import text_format
 from PIL import Image
 from tensorboard.plugins import projector
 
@@ -75,9 +77,10 @@ def image_grid(rows: list[np.ndarray], columns: int, padding: int = GRID_PADDING
 
 
 def save_png(image: np.ndarray, path: str) -> None:
-    """Writes a (H, W, 3) uint8 array as a PNG file."""
-    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
-    Image.fromarray(image).save(path)
+    """Writes a (H, W, 3) uint8 array as a PNG file (to a new name, then renamed: no planted link is followed)."""
+    buffer = io.BytesIO()
+    Image.fromarray(image).save(buffer, format="PNG")
+    workdir_lib.atomic_write_bytes(path, buffer.getvalue())
 
 
 def write_image_summaries(logdir: str, grids: dict[str, np.ndarray], step: int) -> None:
@@ -102,14 +105,15 @@ def sprite(images: np.ndarray) -> tuple[np.ndarray, int]:
 
 def export_projector(folder: str, features: np.ndarray, metadata: dict[str, np.ndarray],
                      thumbnails: np.ndarray) -> None:
-    """Writes features.tsv, metadata.tsv (one column per metadata entry), sprite.png and projector_config.pbtxt."""
-    os.makedirs(folder, exist_ok=True)
-    np.savetxt(os.path.join(folder, "features.tsv"), features, delimiter="\t", fmt="%.6g")
+    """Writes features.tsv, metadata.tsv (one column per metadata entry), sprite.png and projector_config.pbtxt,
+    each to a new name, then renamed."""
+    table = io.BytesIO()
+    np.savetxt(table, features, delimiter="\t", fmt="%.6g")
+    workdir_lib.atomic_write_bytes(os.path.join(folder, "features.tsv"), table.getvalue())
     columns = list(metadata)
     lines = ["\t".join(columns)] + ["\t".join(str(metadata[name][row]) for name in columns)
                                     for row in range(len(features))]
-    with open(os.path.join(folder, "metadata.tsv"), "w") as handle:
-        handle.write("\n".join(lines) + "\n")
+    workdir_lib.atomic_write_bytes(os.path.join(folder, "metadata.tsv"), ("\n".join(lines) + "\n").encode())
     image, thumb = sprite(thumbnails)
     save_png(image, os.path.join(folder, "sprite.png"))
     config = projector.ProjectorConfig()
@@ -119,7 +123,8 @@ def export_projector(folder: str, features: np.ndarray, metadata: dict[str, np.n
     embedding.metadata_path = "metadata.tsv"
     embedding.sprite.image_path = "sprite.png"
     embedding.sprite.single_image_dim.extend([thumb, thumb])
-    projector.visualize_embeddings(folder, config)
+    workdir_lib.atomic_write_bytes(os.path.join(folder, "projector_config.pbtxt"),
+                                   text_format.MessageToString(config).encode())
 
 
 def cluster_grids(source: ImageSource, cluster_ids: np.ndarray, image_size: int, selections: list[str],

@@ -15,8 +15,10 @@ Layout of a workdir:
     cluster_grids/                PNG grids of tools/visualize_clusters.py
     set_aside/                    damaged files (and checkpoints newer than the one resumed from),
                                   moved here, never deleted
-Files are written to a temporary name, flushed, fsynced and renamed, so a
-killed run leaves either the old file or the new one, never half of one.
+Files are written to a new, unpredictable temporary name, flushed, fsynced and
+renamed, so a killed run leaves either the old file or the new one, never half
+of one, and no link planted in the workdir is written through (a run taking the
+lock also removes the links where it writes, and the caches a killed run left).
 Checkpoints are fsynced before tf.train.CheckpointManager records them in
 checkpoints/checkpoint (itself replaced by a rename), so a kill in the middle
 of a save leaves the previous checkpoint the latest one. A file found damaged
@@ -36,6 +38,7 @@ import json
 import logging
 import os
 import re
+import shutil
 import socket
 import tempfile
 import time
@@ -47,7 +50,7 @@ import numpy as np
 import tensorflow as tf
 
 from keras_dc import hierarchy
-from keras_dc.config import Config
+from keras_dc.config import Config, naming_file
 from keras_dc.pca import PCA
 from keras_dc.sources import DataIndex
 
@@ -71,23 +74,38 @@ class WorkdirLocked(WorkdirError):
     """Another run is using the workdir."""
 
 
-def atomic_write_bytes(path: str, payload: bytes) -> None:
-    """Writes `payload` to `path` so that readers never see a partial file."""
+@contextlib.contextmanager
+def replacing(path: str, suffix: str = "", durable: bool = True) -> Iterator[str]:
+    """A new file for the block to write, renamed to `path` once it has (and, `durable`, fsynced), so that
+    readers never see a partial file; removed if the block fails.
+
+    The file has an unpredictable name (mkstemp: O_EXCL, so no planted link is followed) in the
+    target's folder, and the rename replaces a link at `path`, never its target.
+    """
     folder = os.path.dirname(os.path.abspath(path))
     os.makedirs(folder, exist_ok=True)
-    handle, temporary = tempfile.mkstemp(dir=folder, prefix=".tmp-" + os.path.basename(path))
+    handle, temporary = tempfile.mkstemp(dir=folder, prefix=".tmp-" + os.path.basename(path), suffix=suffix)
+    os.close(handle)
     try:
-        with os.fdopen(handle, "wb") as stream:
-            os.fchmod(stream.fileno(), 0o666 & ~_umask())  # mkstemp makes 0600; users expect 0644
-            stream.write(payload)
-            stream.flush()
-            os.fsync(stream.fileno())
-        os.replace(temporary, path)
-        fsync_path(folder)
+        with naming_file(path):
+            yield temporary
+            os.chmod(temporary, 0o666 & ~_umask())  # mkstemp makes 0600; users expect 0644
+            if durable:
+                fsync_path(temporary)
+            os.replace(temporary, path)
     except BaseException:
         if os.path.exists(temporary):
             os.remove(temporary)
         raise
+    if durable:
+        fsync_path(folder)
+
+
+def atomic_write_bytes(path: str, payload: bytes, durable: bool = True) -> None:
+    """Writes `payload` to `path` through `replacing`."""
+    with replacing(path, durable=durable) as temporary:
+        with os.fdopen(os.open(temporary, os.O_WRONLY | os.O_TRUNC | os.O_NOFOLLOW), "wb") as stream:
+            stream.write(payload)
 
 
 def _umask() -> int:
@@ -172,12 +190,47 @@ def locked(workdir: str, log: Callable[[str], None] = print) -> Iterator[None]:
               "started": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds")}
         os.ftruncate(handle, 0)
         os.pwrite(handle, json.dumps(me).encode(), 0)
+        remove_links(workdir, log)
+        remove_stale_caches(workdir, log)
         try:
             yield
         finally:
             os.ftruncate(handle, 0)
     finally:
         os.close(handle)
+
+
+WRITTEN_FOLDERS = ("checkpoints", "assignments", "tensorboard", "feature_cache", "cluster_grids", "set_aside")
+WRITTEN_FILES = ("config.json", "data_index.npz", "metrics.jsonl", "backbone.keras", "backbone.json",
+                 "settings_history.jsonl")
+
+
+def remove_links(workdir: str, log: Callable[[str], None] = print) -> None:
+    """Removes every symbolic link where a run writes (the folders and files of the layout, and all
+    inside those folders), one line each: a write never follows a link planted in the workdir, so
+    nothing is written outside it. A link holds no data; the line names its target."""
+    for name in (*WRITTEN_FOLDERS, *WRITTEN_FILES):
+        path = os.path.join(workdir, name)
+        links = [path] if os.path.islink(path) else []
+        if name in WRITTEN_FOLDERS and not links:
+            for folder, folders, files in os.walk(path):  # never enters a linked folder
+                links += [os.path.join(folder, entry) for entry in [*folders, *files]
+                          if os.path.islink(os.path.join(folder, entry))]
+        for link in links:
+            target = os.readlink(link)
+            os.remove(link)
+            log(f"workdir: removed the link {link} -> {target}: a run writes only files of its own")
+
+
+def remove_stale_caches(workdir: str, log: Callable[[str], None] = print) -> None:
+    """Removes the feature caches (feature_cache/kdc_features_*) that a killed run left: the lock proves
+    that no run of this workdir uses them any more."""
+    stale = glob.glob(os.path.join(glob.escape(feature_cache_dir(workdir)), "kdc_features_*"))
+    for folder in stale:
+        shutil.rmtree(folder, ignore_errors=True)
+    if stale:
+        log(f"workdir: removed {len(stale)} feature cache folder(s) a stopped run left in "
+            f"{feature_cache_dir(workdir)}")
 
 
 def _holder(handle: int) -> str:
@@ -212,10 +265,12 @@ def data_index(workdir: str) -> DataIndex | None:
         if len(names) and names[-1] != 0:
             names = np.append(names, np.uint8(0))
         index = DataIndex.from_blob(names, arrays["file_bytes"], arrays.get("failed"))
-    except (OSError, ValueError, KeyError) as error:
-        raise WorkdirError(f"cannot read {path} ({error}); restore it or use another workdir") from None
+    except (OSError, EOFError, ValueError, KeyError, zipfile.BadZipFile) as error:
+        raise WorkdirError(f"{path} is damaged ({_reason(error)}); restore it, or rerun with --reindex_data to "
+                           f"index the folder again and re-cluster") from None
     if len(index.starts) - 1 != len(index) or len(index.failed) != len(index):
-        raise WorkdirError(f"{path} is damaged: {len(index.starts) - 1} names for {len(index)} sizes")
+        raise WorkdirError(f"{path} is damaged ({len(index.starts) - 1} names for {len(index)} sizes); restore it, or "
+                           f"rerun with --reindex_data to index the folder again and re-cluster")
     return index
 
 
@@ -283,15 +338,14 @@ def read_metrics(workdir: str, last_epoch: int, log: Callable[[str], None] = pri
     if not os.path.exists(path):
         return []
     kept, damaged = [], 0
-    with open(path) as handle:
-        for line in filter(str.strip, handle):
+    with open(path, "rb") as handle:  # bytes: a line that is not UTF-8 text is damaged, not an error
+        for line in filter(bytes.strip, handle):
             try:
                 epoch = json.loads(line)["epoch"]
+                if epoch <= last_epoch:
+                    kept.append(line.decode().rstrip("\n") + "\n")
             except (ValueError, KeyError, TypeError):
                 damaged += 1
-                continue
-            if epoch <= last_epoch:
-                kept.append(line if line.endswith("\n") else line + "\n")
     if damaged:
         where = set_aside(workdir, path)
         atomic_write_bytes(path, "".join(kept).encode())
@@ -322,8 +376,14 @@ def saved_run(workdir: str) -> SavedRun | None:
         return None
     try:
         values = read_json(path)
-    except (OSError, json.JSONDecodeError) as error:
-        raise WorkdirError(f"cannot read {path}: {error}") from None
+        wrong = [] if isinstance(values, dict) else ["the file"]
+        wrong += [name for name, default in dataclasses.asdict(Config()).items() if name in values and not
+                  isinstance(values[name], type(default) if type(default) is not float else (int, float))]
+    except (OSError, ValueError) as error:  # ValueError: not JSON, or not UTF-8 text
+        values, wrong = {}, [_reason(error)]
+    if wrong:
+        raise WorkdirError(f"cannot read {path}: damaged, not a JSON object of settings ({', '.join(wrong[:3])}); "
+                           f"restore it, or move it away to resume with this run's flags") from None
     return SavedRun(Config.from_dict(values), values.get("source", ""), values.get("num_images"),
                     frozenset(values))
 
@@ -374,11 +434,12 @@ def _reason(error: BaseException) -> str:
     return (lines[0] if lines else type(error).__name__)[:200]
 
 
-def assignment_problem(workdir: str, cycle: int) -> str | None:
-    """Why the saved assignments of `cycle` cannot be used (damaged), or None (intact or never saved)."""
+def assignment_problem(workdir: str, cycle: int, missing: bool = False) -> str | None:
+    """Why the saved assignments of `cycle` cannot be used (damaged, or with `missing` absent), or None
+    (intact, or never saved)."""
     path = assignment_path(workdir, cycle)
     if not os.path.exists(path):
-        return None
+        return f"{path}, which is missing" if missing else None
     try:
         Assignment.load(path)
     except StorageError as error:
@@ -412,13 +473,11 @@ def latest_assignment(workdir: str, first: bool = False) -> tuple[int, Assignmen
 
 
 def save_backbone(workdir: str, backbone, description: dict) -> str:
-    """Exports the feature extractor as backbone.keras (fsynced and renamed into place) with its description."""
+    """Exports the feature extractor as backbone.keras (written whole to a new, unpredictable name, fsynced
+    and renamed into place, so that no link planted in the workdir is followed) with its description."""
     path = backbone_path(workdir)
-    temporary = path + ".tmp.keras"
-    backbone.save(temporary)
-    fsync_path(temporary)
-    os.replace(temporary, path)
-    fsync_path(os.path.dirname(os.path.abspath(path)))
+    with replacing(path, suffix=".keras") as temporary:
+        backbone.save(temporary)
     write_json(backbone_description_path(workdir), description)
     return path
 
@@ -432,6 +491,9 @@ def load_backbone(path: str):
     except FileNotFoundError:
         raise
     except Exception as error:  # a cut-short .keras fails in zipfile, h5py or JSON parsing alike
+        if "safe_mode" in str(error):
+            raise StorageError(f"{path} refused: it holds an unsafe layer (a Lambda, whose code would run when "
+                               f"loaded); use a backbone exported by tools/train.py") from None
         raise StorageError(f"{path} is damaged ({_reason(error)}); rerun tools/train.py with the run's "
                            f"flags to export it again") from None
 
@@ -524,6 +586,7 @@ class TrainingCheckpoints:
         self.checkpoint = tf.train.Checkpoint(model=model, optimizer=model.optimizer, seed_states=seed_states,
                                               metrics=self.metric_variables, epoch=self.epoch, step=self.step)
         self.saved_variables = [*model.variables, *model.optimizer.variables, *self.metric_variables]
+        self.model = model
         self.workdir = workdir
         self.folder = checkpoints_dir(workdir, group)
         self.max_to_keep = max_to_keep
@@ -532,6 +595,17 @@ class TrainingCheckpoints:
         self.restored_metrics: list[np.ndarray] = []
 
     def _manager(self) -> tf.train.CheckpointManager:
+        """tf.train.CheckpointManager of the folder; a state file that TensorFlow fails to read with a
+        traceback (empty, or not text) is first moved to set_aside/, and rebuilt when the run restores."""
+        folder = checkpoints_dir(self.workdir)
+        try:
+            with _quiet_tensorflow():
+                tf.train.get_checkpoint_state(folder)
+        except ValueError:  # UnicodeDecodeError is one
+            state = os.path.join(folder, "checkpoint")
+            with contextlib.suppress(FileNotFoundError):  # another worker of the run moved it first
+                print(f"workdir: {state} is damaged; moved to {set_aside(self.workdir, state)}, rebuilt from "
+                      f"the checkpoints on disk")
         with _quiet_tensorflow():
             return tf.train.CheckpointManager(self.checkpoint, self.folder, max_to_keep=self.max_to_keep)
 
@@ -618,6 +692,13 @@ class TrainingCheckpoints:
                     if _number(prefix) <= _number(chosen)][-self.max_to_keep:]
             _write_checkpoint_state(folder, chosen, kept)
             self.manager = self._manager()
+
+    def elsewhere(self, folder: str) -> TrainingCheckpoints:
+        """The same state, saved in another folder (a non-chief worker's), with the metrics restored here:
+        every worker must put them back alike, as assigning them is a collective under several workers."""
+        other = TrainingCheckpoints(folder, self.model, self.steps_per_epoch, self.max_to_keep)
+        other.restored_metrics = self.restored_metrics
+        return other
 
     def put_back_metrics(self) -> None:
         """Sets the running metrics to their restored values (fit() resets them when an epoch begins)."""

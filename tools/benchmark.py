@@ -15,7 +15,6 @@ plus the raw images/s and seconds behind each. See docs/performance.md.
 from __future__ import annotations
 
 import dataclasses
-import json
 
 from absl import app, flags, logging
 
@@ -114,8 +113,9 @@ def main(argv: list[str]) -> None:
     for key, value in sorted(figures.items()):
         print(f"{key:45s} {value:.4g}")
     if FLAGS.output:
-        with open(FLAGS.output, "w") as handle:
-            json.dump(figures, handle, indent=2, sort_keys=True)
+        from keras_dc import workdir
+
+        workdir.write_json(FLAGS.output, figures)
 
 
 def entry_point() -> None:

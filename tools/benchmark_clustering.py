@@ -10,13 +10,13 @@ grid (N = 10^6, k = 10000) takes tens of minutes on 2 CPU cores.
 
 from __future__ import annotations
 
-import json
 import os
 import sys
 
 from absl import app, flags, logging
 
 from keras_dc import cli
+from keras_dc.config import COUNT, OPTIONAL_COUNT, Range, check_flag_numbers, result_or_exit
 
 FLAGS = flags.FLAGS
 
@@ -36,14 +36,9 @@ def define_flags() -> None:
     flags.DEFINE_integer("k", 0, "Internal: k of --case.")
 
 
-def _positive_ints(flag: str) -> list[int]:
-    try:
-        values = [int(float(value)) for value in FLAGS[flag].value]
-    except ValueError:
-        values = []
-    if not values or min(values) < 1:
-        _usage(f"--{flag}: expected positive integers, got {','.join(FLAGS[flag].value)}")
-    return values
+# Every numeric flag and the values it accepts, checked in one place (config.check_numbers).
+RANGES = {"sizes": COUNT, "ks": COUNT, "m": COUNT, "niter": Range(1, 10**5), "dim": Range(1, 2**16),
+          "workers": Range(1, 1024), "k": OPTIONAL_COUNT}
 
 
 def _usage(message: str) -> None:
@@ -72,10 +67,12 @@ def main(argv: list[str]) -> None:
     if FLAGS.case:
         run_case()
         return
-    sizes, ks = _positive_ints("sizes"), _positive_ints("ks")
+    result_or_exit(lambda: check_flag_numbers(FLAGS, RANGES))
+    sizes, ks = [int(float(size)) for size in FLAGS.sizes], [int(float(k)) for k in FLAGS.ks]
     for k in ks:
         if k % FLAGS.m:
             _usage(f"--ks: {k} is not a multiple of --m={FLAGS.m}")
+    from keras_dc import workdir
     from keras_dc.bench import scaling_benchmark
 
     rows = []
@@ -92,8 +89,7 @@ def main(argv: list[str]) -> None:
                                                   FLAGS.workers))
     print(scaling_benchmark.markdown_table(rows))
     if FLAGS.output:
-        with open(FLAGS.output, "w") as handle:
-            json.dump(rows, handle, indent=2)
+        workdir.write_json(FLAGS.output, rows)
 
 
 def entry_point() -> None:

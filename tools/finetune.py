@@ -17,7 +17,8 @@ import os
 from absl import app, flags, logging
 
 from keras_dc import cli, tool_inputs
-from keras_dc.config import STRATEGIES, ConfigError, result_or_exit
+from keras_dc.config import (DECAY, FRACTION, LEARNING_RATE, MOMENTUM, SEED, STRATEGIES, ConfigError, Range,
+                             check_flag_numbers, result_or_exit)
 
 FLAGS = flags.FLAGS
 
@@ -41,17 +42,15 @@ def define_flags() -> None:
                         "--workdir, else none).")
 
 
+# Every numeric flag and the values it accepts, checked in one place (config.check_numbers).
+RANGES = {**tool_inputs.RANGES, "epochs": Range(1, 10**6), "lr": LEARNING_RATE, "batch_size": Range(1, 2**20),
+          "momentum": MOMENTUM, "weight_decay": DECAY, "min_crop_scale": FRACTION, "seed": SEED}
+
+
 def settings_from_flags():
     """The fine-tuning settings the flags describe; raises ConfigError naming a wrong flag (before TF loads)."""
     tool_inputs.check_inputs(FLAGS.workdir, FLAGS.backbone, FLAGS.random_init, FLAGS.val_fraction)
-    for flag in ("epochs", "batch_size", "image_size", "lr"):
-        if FLAGS[flag].value <= 0:
-            raise ConfigError(flag, f"must be positive, got {FLAGS[flag].value}")
-    if FLAGS.weight_decay < 0 or not 0 <= FLAGS.momentum < 1:
-        flag = "weight_decay" if FLAGS.weight_decay < 0 else "momentum"
-        raise ConfigError(flag, f"out of range: {FLAGS[flag].value}")
-    if not 0 < FLAGS.min_crop_scale <= 1:
-        raise ConfigError("min_crop_scale", f"must be in (0, 1], got {FLAGS.min_crop_scale}")
+    check_flag_numbers(FLAGS, RANGES)
     if FLAGS.strategy not in STRATEGIES or FLAGS.strategy == "multi_worker":
         raise ConfigError("strategy", f"unknown value {FLAGS.strategy!r}; choose auto, default, one_device or mirrored")
     from keras_dc.finetune import FinetuneSettings

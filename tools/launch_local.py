@@ -5,9 +5,12 @@
 Arguments after `--` go to the program (tools/train.py unless --program). Each
 worker gets its TF_CONFIG and a share of the CPU threads; its output lines are
 prefixed with [worker i]. The exit status is 0 when every worker succeeds, else
-the first failure's (the other workers are then stopped). SIGTERM is passed on to
-the workers, which save at the same batch and stop; the launcher waits for them
-and exits 143. For real nodes, see docs/scaling.md.
+the first failure's (128 + N for a worker killed by signal N; the other workers
+are then stopped), or 2 for a bad launcher flag. SIGTERM, SIGINT (Ctrl-C) or SIGHUP
+to the launcher is passed on to the workers as SIGTERM: they save at the same
+batch and stop; the launcher waits for them and exits 128 + the signal's number
+(143, 130, 129). The workers' TF_CONFIG names 127.0.0.1 only; for real nodes, and
+who may connect to the workers' ports, see docs/scaling.md.
 """
 
 from __future__ import annotations
@@ -18,6 +21,7 @@ import sys
 from absl import flags
 
 from keras_dc import cli
+from keras_dc.config import Range, check_flag_numbers, result_or_exit
 
 TOOLS = os.path.dirname(os.path.abspath(__file__))
 
@@ -33,16 +37,16 @@ def define_flags() -> None:
                          "GPU, as --head_groups needs; 0 leaves every GPU visible to every worker.")
 
 
+# Every numeric flag and the values it accepts, checked in one place (config.check_numbers).
+RANGES = {"workers": Range(1, 1024), "threads_per_worker": Range(0, 4096), "gpus_per_worker": Range(0, 1024)}
+
+
 def main(argv: list[str]) -> None:
     from keras_dc.bench import local_cluster
 
-    if FLAGS.workers < 1:
-        _usage(f"--workers: must be at least 1, got {FLAGS.workers}")
+    result_or_exit(lambda: check_flag_numbers(FLAGS, RANGES))
     if not os.path.isfile(FLAGS.program):
         _usage(f"--program: no such file {FLAGS.program!r}")
-    for flag in ("threads_per_worker", "gpus_per_worker"):
-        if FLAGS[flag].value < 0:
-            _usage(f"--{flag}: must be >= 0, got {FLAGS[flag].value}")
     command = local_cluster.python_command(FLAGS.program, argv[1:])
     sys.exit(local_cluster.run_local_cluster(command, FLAGS.workers, FLAGS.threads_per_worker,
                                              gpus_per_worker=FLAGS.gpus_per_worker))

@@ -15,7 +15,8 @@ import dataclasses
 from absl import app, flags, logging
 
 from keras_dc import cli, tool_inputs
-from keras_dc.config import ConfigError, result_or_exit
+from keras_dc.config import (COUNT, DECAY, FRACTION, LEARNING_RATE, MOMENTUM, OPTIONAL_COUNT, SEED, ConfigError, Range,
+                             check_flag_numbers, result_or_exit)
 
 FLAGS = flags.FLAGS
 # The reference's settings (linear_classif_layers.sh, conv13.sh), taken by --protocol=reference unless a flag
@@ -52,6 +53,13 @@ def define_flags() -> None:
     flags.DEFINE_bool("flip", True, "Horizontal flips in the reference protocol's training view.")
 
 
+# Every numeric flag and the values it accepts, checked in one place (config.check_numbers).
+RANGES = {**tool_inputs.RANGES, "max_dim": COUNT, "lrs": LEARNING_RATE, "kfold": Range(0, 1000),
+          "epochs": Range(1, 10**6), "batch_size": Range(1, 2**20), "momentum": MOMENTUM, "weight_decay": DECAY,
+          "knn_k": COUNT, "knn_temperature": Range(0, 1000, low_open=True), "kmeans_k": OPTIONAL_COUNT,
+          "kmeans_pca_dim": Range(1, 2**16), "seed": SEED, "min_crop_scale": FRACTION}
+
+
 def settings_from_flags():
     """The evaluation settings the flags describe; raises ConfigError naming a wrong flag.
 
@@ -63,24 +71,14 @@ def settings_from_flags():
             if not FLAGS[flag].present:
                 FLAGS[flag].value = value
     tool_inputs.check_inputs(FLAGS.workdir, FLAGS.backbone, FLAGS.random_init, FLAGS.val_fraction)
-    try:
-        lrs = tuple(float(lr) for lr in FLAGS.lrs)
-    except ValueError:
-        raise ConfigError("lrs", f"not a list of numbers: {','.join(FLAGS.lrs)}") from None
-    if not lrs or min(lrs) <= 0:
+    check_flag_numbers(FLAGS, RANGES)
+    lrs = tuple(float(lr) for lr in FLAGS.lrs)
+    if not lrs:
         raise ConfigError("lrs", "needs one or more positive learning rates")
     if len(lrs) > 1 and FLAGS.kfold < 2:
         raise ConfigError("kfold", f"choosing among {len(lrs)} --lrs needs --kfold of 2 or more")
     if len(lrs) > 1 and FLAGS.protocol == "reference":
         raise ConfigError("lrs", "--protocol=reference trains with one learning rate")
-    if not 0 < FLAGS.min_crop_scale <= 1:
-        raise ConfigError("min_crop_scale", f"must be in (0, 1], got {FLAGS.min_crop_scale}")
-    for flag in ("max_dim", "epochs", "batch_size", "knn_k", "kmeans_pca_dim", "image_size"):
-        if FLAGS[flag].value < 1:
-            raise ConfigError(flag, f"must be positive, got {FLAGS[flag].value}")
-    if FLAGS.kmeans_k < 0 or FLAGS.knn_temperature <= 0:
-        flag = "kmeans_k" if FLAGS.kmeans_k < 0 else "knn_temperature"
-        raise ConfigError(flag, f"out of range: {FLAGS[flag].value}")
     from keras_dc.backbones import TAP_CHOICES
     from keras_dc.probe import EvaluationSettings, ProbeSettings
 

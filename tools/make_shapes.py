@@ -11,6 +11,7 @@ from __future__ import annotations
 from absl import app, flags
 
 from keras_dc import cli
+from keras_dc.config import COUNT, SEED, Range, check_flag_numbers, result_or_exit
 
 FLAGS = flags.FLAGS
 
@@ -22,9 +23,14 @@ def define_flags() -> None:
     flags.DEFINE_integer("seed", 0, "Seed of the drawing.")
 
 
+# Every numeric flag and the values it accepts, checked in one place (config.check_numbers).
+RANGES = {"images": COUNT, "size": Range(8, 8192), "seed": SEED}
+
+
 def main(argv: list[str]) -> None:
     if len(argv) > 1:
         raise app.UsageError(f"unexpected arguments: {' '.join(argv[1:])}")
+    result_or_exit(lambda: check_flag_numbers(FLAGS, RANGES))
     from keras_dc import shapes
 
     paths = shapes.write_shapes_folder(FLAGS.output, FLAGS.images, FLAGS.size, FLAGS.seed)

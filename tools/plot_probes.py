@@ -9,7 +9,6 @@ Each --probes file is the --output JSON of tools/linear_probe.py, e.g. of a trai
 
 from __future__ import annotations
 
-import os
 
 from absl import app, flags, logging
 
@@ -34,7 +33,7 @@ def run() -> str:
         raise ConfigError("probes", "give one or more linear_probe.py reports")
     if FLAGS.labels and len(FLAGS.labels) != len(FLAGS.probes):
         raise ConfigError("labels", f"{len(FLAGS.labels)} labels for {len(FLAGS.probes)} reports")
-    from keras_dc import probe_plot
+    from keras_dc import probe_plot, workdir
     from keras_dc.config import errors_as_flags
 
     labels = FLAGS.labels or [probe_plot.default_label(path) for path in FLAGS.probes]
@@ -42,9 +41,7 @@ def run() -> str:
         curves = {label: probe_plot.read_top1(path) for label, path in zip(labels, FLAGS.probes)}
     png = probe_plot.draw(curves, FLAGS.title)
     try:
-        os.makedirs(os.path.dirname(os.path.abspath(FLAGS.output)), exist_ok=True)
-        with open(FLAGS.output, "wb") as stream:
-            stream.write(png)
+        workdir.atomic_write_bytes(FLAGS.output, png)
     except OSError as error:
         raise ConfigError("output", f"cannot write {FLAGS.output}: {error.strerror}") from None
     if FLAGS.tensorboard_dir:

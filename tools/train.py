@@ -68,6 +68,8 @@ HELP = {
     "progress_seconds": "With --verbose=2, seconds between two progress lines of a long stage (folder scan, "
                         "extraction, PCA, k-means); a shorter stage prints none.",
     "max_image_mb": "Image files larger than this many MB are skipped and reported, never read.",
+    "max_image_pixels": "Images with more pixels than this (read from the file's header) are skipped and reported, "
+                        "never decoded.",
     "reindex_data": "Resume on a folder whose files changed: index it again and re-cluster at once (else refused).",
     "pretrained": "Start the body from these weights instead of random ones (heads start fresh): a backbone.keras, "
                   "a workdir, or a reference PyTorch checkpoint (.pth, needs torch); same --arch, --image_size "
@@ -107,6 +109,8 @@ def main(argv: list[str]) -> None:
     if len(argv) > 1:
         raise app.UsageError(f"unexpected arguments: {' '.join(argv[1:])}")
     logging.set_verbosity(logging.WARNING)
+    import tensorflow as tf
+
     from keras_dc import train
 
     from keras_dc.preemption import Preempted
@@ -133,6 +137,9 @@ def main(argv: list[str]) -> None:
         stop(f"error: {error}; {WRITE_ADVICE}", EXIT_STORAGE)
     except Preempted as error:
         stop(str(error), EXIT_PREEMPTED)
+    except tf.errors.ResourceExhaustedError as error:
+        stop(f"error: out of memory ({error.message.splitlines()[0][:200]}); lower --batch_size or --image_size "
+             f"(--dry_run prints the memory plan)", EXIT_BAD_SETTING)
     print_summary(result)
 
 

@@ -13,7 +13,7 @@ import sys
 from absl import app, flags, logging
 
 from keras_dc import cli
-from keras_dc.config import ConfigError
+from keras_dc.config import COUNT, OPTIONAL_COUNT, SEED, ConfigError, Range, check_flag_numbers
 
 FLAGS = flags.FLAGS
 
@@ -30,15 +30,15 @@ def define_flags() -> None:
     flags.DEFINE_integer("seed", 0, "Seed of the random selection and the samples.")
 
 
+# Every numeric flag and the values it accepts, checked in one place (config.check_numbers).
+RANGES = {"clusters": COUNT, "samples": Range(1, 10**4), "projector_samples": OPTIONAL_COUNT, "seed": SEED}
+
+
 def check_flags() -> None:
     """Raises ConfigError naming the first wrong flag; the numbers are checked before TensorFlow loads."""
     if not FLAGS.workdir:
         raise ConfigError("workdir", "is required")
-    for flag in ("clusters", "samples"):
-        if FLAGS[flag].value < 1:
-            raise ConfigError(flag, f"must be positive, got {FLAGS[flag].value}")
-    if FLAGS.projector_samples < 0:
-        raise ConfigError("projector_samples", f"must be 0 or more, got {FLAGS.projector_samples}")
+    check_flag_numbers(FLAGS, RANGES)
     from keras_dc.visualize import SELECTIONS
 
     if not FLAGS.select or any(value not in SELECTIONS for value in FLAGS.select):

@@ -4,8 +4,9 @@ Each process gets the standard TF_CONFIG (cluster of 127.0.0.1 ports picked by
 binding to port 0, and its own task index), its share of the CPU threads, and
 its output lines prefixed with its worker id. TensorFlow does the rest: the
 processes find each other through TF_CONFIG, as they would on real nodes.
-SIGTERM sent to the launcher is passed on to every worker, which saves and
-stops as a single process does; the launcher waits for them, so none is orphaned.
+SIGTERM, SIGINT (Ctrl-C) or SIGHUP sent to the launcher is passed on to every
+worker as SIGTERM: each saves and stops as a single process does; the launcher
+waits for them, so none is orphaned.
 """
 
 from __future__ import annotations
@@ -25,7 +26,10 @@ SIGNAL_GRACE_S = 300.0  # how long workers sent SIGTERM may take to save and sto
 
 
 class SignalForwarder:
-    """While active, passes SIGTERM on to the workers instead of ending the launcher, and remembers it."""
+    """While active, turns SIGTERM, SIGINT (Ctrl-C) and SIGHUP to the launcher into SIGTERM to every worker,
+    which saves at a batch and stops, instead of ending the launcher; remembers the signal received."""
+
+    SIGNALS = (signal.SIGTERM, signal.SIGINT, signal.SIGHUP)
 
     def __init__(self, processes: list[subprocess.Popen]):
         self.processes = processes
@@ -35,19 +39,19 @@ class SignalForwarder:
     def __call__(self, signum, frame) -> None:
         if self.signum is None:
             self.deadline = time.monotonic() + SIGNAL_GRACE_S
-        self.signum = signum
+            self.signum = signum
         for process in self.processes:
             if process.poll() is None:
-                process.send_signal(signum)
+                process.send_signal(signal.SIGTERM)
 
     def __enter__(self) -> SignalForwarder:
         in_main = threading.current_thread() is threading.main_thread()  # Python handles signals only there
-        self._previous = signal.signal(signal.SIGTERM, self) if in_main else None
+        self._previous = {signum: signal.signal(signum, self) for signum in self.SIGNALS} if in_main else {}
         return self
 
     def __exit__(self, *error) -> None:
-        if self._previous is not None:
-            signal.signal(signal.SIGTERM, self._previous)
+        for signum, previous in self._previous.items():
+            signal.signal(signum, previous)
 
 
 def free_ports(count: int) -> list[int]:
@@ -87,8 +91,8 @@ def run_local_cluster(command: Sequence[str], workers: int, threads: int = 0,
                       write: Callable[[str], None] = print, gpus_per_worker: int = 0) -> int:
     """Runs `command` as `workers` local workers (each with `gpus_per_worker` GPUs of its own, if > 0)
     and waits; when one fails the others are stopped (they would wait forever in a collective).
-    Returns 0, or the first failing exit status; after SIGTERM (passed on to the workers, then waited
-    for), 128 + 15 as a process it had ended."""
+    Returns 0, or the first failing exit status; after SIGTERM, SIGINT or SIGHUP (SIGTERM passed on to
+    the workers, then waited for), 128 + that signal's number, as a process it had ended."""
     if workers < 1:
         raise ValueError(f"workers must be >= 1, got {workers}")
     threads = threads or max(1, (os.cpu_count() or 1) // workers)
@@ -97,11 +101,12 @@ def run_local_cluster(command: Sequence[str], workers: int, threads: int = 0,
     with SignalForwarder(processes) as forwarder:
         for index in range(workers):
             environment = worker_environment(ports, index, threads, gpus_per_worker)
+            # A session of its own: a terminal's Ctrl-C reaches the launcher only, which passes on SIGTERM.
             process = subprocess.Popen(list(command), env=environment, text=True, stdout=subprocess.PIPE,
-                                       stderr=subprocess.STDOUT)
+                                       stderr=subprocess.STDOUT, start_new_session=True)
             processes.append(process)
             if forwarder.signum is not None:  # arrived while the workers were being started
-                process.send_signal(forwarder.signum)
+                process.send_signal(signal.SIGTERM)
             relay = threading.Thread(target=_relay, args=(process.stdout, f"[worker {index}] ", write), daemon=True)
             relay.start()
             relays.append(relay)
@@ -125,7 +130,7 @@ def _wait_all(processes: list[subprocess.Popen], forwarder: SignalForwarder) -> 
             failed = [code for code in codes if code not in (None, 0)]
             if failed:
                 _stop(processes)
-                return failed[0]
+                return failed[0] if failed[0] > 0 else 128 - failed[0]  # killed by signal N: 128 + N, as a shell
             if all(code == 0 for code in codes):
                 return 0
         time.sleep(0.2)

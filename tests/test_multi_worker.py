@@ -7,7 +7,7 @@ same features; the training test runs tools/train.py on 2 workers, then resumes 
 import json
 import os
 import sys
-import time
+import threading
 
 import numpy as np
 
@@ -67,13 +67,17 @@ def test_two_worker_training_runs_resumes_and_agrees_on_every_clustering(tmp_pat
 
 def test_launcher_prefixes_output_and_stops_the_others_when_one_fails(tmp_path):
     script = tmp_path / "worker.py"
-    script.write_text("import json, os, sys, time\n"
+    script.write_text("import json, os, sys, threading\n"
                       "task = json.loads(os.environ['TF_CONFIG'])['task']['index']\n"
                       "print('threads', os.environ['OMP_NUM_THREADS'], 'args', sys.argv[1:])\n"
-                      "sys.exit(3) if task == 1 else time.sleep(60)\n")
-    start = time.monotonic()
-    status, lines = _launch(str(script), ["--x=1"])
-    assert status == 3 and time.monotonic() - start < 30
+                      "sys.exit(3) if task == 1 else threading.Event().wait()\n")  # worker 0 waits forever
+    results = []
+    launcher = threading.Thread(target=lambda: results.append(_launch(str(script), ["--x=1"])), daemon=True)
+    launcher.start()
+    launcher.join(timeout=300)  # a bound against hanging, not a timing: it returns only once worker 0 is stopped
+    assert results, "the launcher did not stop worker 0"
+    status, lines = results[0]
+    assert status == 3
     assert f"[worker 1] threads {max(1, (os.cpu_count() or 1) // 2)} args ['--x=1']" in lines
 
 

@@ -132,7 +132,7 @@ def installed(tmp_path_factory):
 def _script(installed, name, *arguments):
     venv, environment, folder = installed
     completed = subprocess.run([os.path.join(venv, "bin", name), *arguments], cwd=folder, env=environment,
-                               capture_output=True, text=True, timeout=600)
+                               capture_output=True, text=True, timeout=1800)  # a hang guard for a loaded machine
     assert completed.returncode == 0, f"{name}:\n{completed.stdout[-2000:]}\n{completed.stderr[-3000:]}"
     return completed.stdout
 

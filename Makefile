@@ -1,5 +1,5 @@
 # keras-dc: `make demo` trains the demo recipe, `make test` lints (ruff) and runs the test suite,
-# `make test-quick` lints and runs the fast tests only (under 3 minutes on 2 CPU cores), `make figures`
+# `make test-quick` lints and runs the fast tests only (README: how long), `make figures`
 # remakes every picture and figure table of README and docs from a fresh demo run (in FIGURES_WORKDIR).
 # Both create .venv with Python 3.11, install the pinned requirements, then keras-dc itself (editable).
 PYTHON ?= python3.11

@@ -29,9 +29,9 @@ import keras_dc  # noqa: F401  (sets KERAS_BACKEND before keras is imported)
 import keras
 from keras import layers
 
+from keras_dc.config import ARCHITECTURES  # defined there, so that the tools' --help needs no keras
 from keras_dc.layers import normalized_input, padded_input
 
-ARCHITECTURES = ("small", "alexnet", "vgg16_bn", "resnet50")
 # Smallest input side for which every (floor-mode) pooling still has a window
 # (ResNet-50: the smallest keras.applications accepts, 1x1 after the last stage).
 MIN_IMAGE_SIZE = {"small": 6, "alexnet": 63, "vgg16_bn": 30, "resnet50": 32}

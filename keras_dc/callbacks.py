@@ -13,7 +13,7 @@ import tensorflow as tf
 import keras_dc  # noqa: F401  (selects the TensorFlow backend)
 import keras
 
-from keras_dc import model as model_lib, reclustering, sampling, workdir as workdir_lib
+from keras_dc import model as model_lib, progress, reclustering, sampling, workdir as workdir_lib
 from keras_dc.config import Config
 from keras_dc.data import LabelTables
 from keras_dc.distribute import Collective
@@ -162,6 +162,28 @@ class ReportFailedImages(keras.callbacks.Callback):
         if not self.source.usable.any():
             raise SourceError(f"none of the {self.source.num_images} images of {self.source.description} "
                               f"can be read or decoded (first: {new[0]})")
+
+
+class StageProgress(keras.callbacks.Callback):
+    """Progress lines (keras_dc.progress) over the `images` of a predict pass, or of each epoch of a fit,
+    in batches of `batch_size`: a long pass shows its rate and ETA as training's stages do."""
+
+    def __init__(self, name: str, images: int, batch_size: int):
+        super().__init__()
+        self.name, self.images, self.batch_size = name, images, batch_size
+        self.stage: progress.Stage | None = None
+
+    def on_predict_begin(self, logs=None):
+        self.stage = progress.Stage(self.name, self.images, "image")
+
+    def on_epoch_begin(self, epoch, logs=None):
+        self.stage = progress.Stage(f"{self.name}, epoch {epoch + 1}", self.images, "image")
+
+    def on_predict_batch_end(self, batch, logs=None):
+        self.stage.update(min((batch + 1) * self.batch_size, self.images))
+
+    def on_train_batch_end(self, batch, logs=None):
+        self.on_predict_batch_end(batch)
 
 
 class NonFiniteLoss(workdir_lib.Diverged):

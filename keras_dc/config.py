@@ -17,6 +17,7 @@ from typing import TypeVar
 
 from keras_dc import hierarchy
 
+ARCHITECTURES = ("small", "alexnet", "vgg16_bn", "resnet50")  # keras_dc.backbones builds them
 SAMPLING_MODES = ("uniform", "weighted", "none")
 PRECISIONS = ("float32", "mixed_bfloat16", "mixed_float16")
 STRATEGIES = ("auto", "default", "one_device", "mirrored", "multi_worker")
@@ -212,9 +213,8 @@ def validate(config: Config) -> None:
     _check_workdir(config.workdir)
     if not config.data:
         raise ConfigError("data", "is required: digits, synthetic, tfds:NAME[:SPLIT] or a folder of images")
-    if config.arch not in backbones.ARCHITECTURES:
-        raise ConfigError("arch", f"unknown backbone {config.arch!r}; "
-                          f"choose one of {', '.join(backbones.ARCHITECTURES)}")
+    if config.arch not in ARCHITECTURES:
+        raise ConfigError("arch", f"unknown backbone {config.arch!r}; choose one of {', '.join(ARCHITECTURES)}")
     minimum = backbones.MIN_IMAGE_SIZE[config.arch]
     if config.image_size < minimum:
         raise ConfigError("image_size", f"{config.image_size} is too small for {config.arch}; use at least {minimum}")
@@ -297,6 +297,12 @@ def _check_workdir(workdir: str) -> None:
     for folder in writable:
         if os.path.isdir(folder) and not os.access(folder, os.W_OK):
             raise ConfigError("workdir", f"cannot write in {folder}")
+
+
+def one_of(choices: tuple) -> str:
+    """The choices as a --help text says them: 'a, b or c'."""
+    names = [str(choice) for choice in choices]
+    return ", ".join(names[:-1]) + " or " + names[-1] if len(names) > 1 else "".join(names)
 
 
 def _check_choice(flag: str, value, allowed: tuple) -> None:

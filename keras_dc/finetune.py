@@ -19,7 +19,7 @@ import tensorflow as tf
 import keras_dc  # noqa: F401  (selects the TensorFlow backend)
 import keras
 
-from keras_dc import data, optimizer as optimizer_lib
+from keras_dc import callbacks as callbacks_lib, data, optimizer as optimizer_lib
 from keras_dc.sources import ImageSource
 
 FREEZE_ALL, FREEZE_NONE = "all", "none"
@@ -148,6 +148,17 @@ def validation_data(split: Split, image_size: int, batch_size: int) -> tf.data.D
     return tf.data.Dataset.zip((images, labels))
 
 
+def training_top1_note(backbone: keras.Model, settings: FinetuneSettings) -> str:
+    """Why the training top-1 Keras logs is below the validation top-1: it is measured on augmented views,
+    with dropout on when the body trains, and averaged over an epoch while the weights still improve."""
+    views = "random resized crops" + (" and flips" if settings.flip else "")
+    dropout = settings.freeze != FREEZE_ALL and any(isinstance(layer, keras.layers.Dropout)
+                                                    for layer in backbone.layers)
+    return (f"training top-1 is measured on {views} (down to {settings.min_crop_scale:g} of the image)"
+            + (", with dropout on" if dropout else "") + ", averaged over each epoch as the weights change; "
+            "validation top-1 on centre views after the epoch: a lower training top-1 is expected")
+
+
 def finetune(backbone: keras.Model, split: Split, settings: FinetuneSettings, strategy: tf.distribute.Strategy,
              log_dir: str = "", verbose: int = 0) -> dict:
     """Trains the classifier for settings.epochs; returns {"top1", "top5", "history", "frozen_layers", ...}
@@ -163,7 +174,8 @@ def finetune(backbone: keras.Model, split: Split, settings: FinetuneSettings, st
     dataset, plan = training_data(split, image_size, settings)
     with strategy.scope():
         model = build(backbone, split.num_classes, settings.epochs * int(dataset.cardinality()), settings)
-    callbacks = [plan] + ([keras.callbacks.TensorBoard(log_dir)] if log_dir else [])
+    shown = callbacks_lib.StageProgress("fine-tuning", len(split.train_rows), settings.batch_size)
+    callbacks = [plan, shown] + ([keras.callbacks.TensorBoard(log_dir)] if log_dir else [])
     history = model.fit(dataset, epochs=settings.epochs, validation_data=validation_data(
         split, image_size, settings.batch_size), callbacks=callbacks, shuffle=False, verbose=verbose)
     values = {name: [float(value) for value in series] for name, series in history.history.items()}

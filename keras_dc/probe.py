@@ -24,7 +24,7 @@ from sklearn.model_selection import StratifiedKFold, train_test_split
 import keras_dc  # noqa: F401  (selects the TensorFlow backend)
 import keras
 
-from keras_dc import backbones, data, evaluation, optimizer as optimizer_lib
+from keras_dc import backbones, callbacks, data, evaluation, optimizer as optimizer_lib, progress
 from keras_dc.sources import ImageSource
 
 FEATURES = "features"  # tap-model output holding the backbone's own output (fc7)
@@ -128,7 +128,8 @@ def tap_model(backbone: keras.Model, layer_names: list[str], max_dim: int, with_
 
 def extract(model: keras.Model, source: ImageSource, image_size: int, batch_size: int) -> dict[str, np.ndarray]:
     """Every output of a tap model for every image of the source, in index order (centre view)."""
-    outputs = model.predict(data.clustering_dataset(source, image_size, batch_size), verbose=0)
+    shown = callbacks.StageProgress("probe: extracting features", source.num_images, batch_size)
+    outputs = model.predict(data.clustering_dataset(source, image_size, batch_size), verbose=0, callbacks=[shown])
     return {name: np.asarray(values, np.float32) for name, values in outputs.items()}
 
 
@@ -170,10 +171,12 @@ def train_heads(features: dict[str, np.ndarray], labels: np.ndarray, num_classes
         optimizers.append(optimizer)
     step = _train_step(features, labels, [name for name, _ in heads], layers, optimizers)
     rng = np.random.default_rng(settings.seed)
-    for _ in range(settings.epochs):
+    stage = progress.Stage(f"probe: training {len(heads)} linear heads", settings.epochs, "epoch")
+    for epoch in range(settings.epochs):
         order = rng.permutation(len(labels))
         for start in range(0, len(order), settings.batch_size):
             step(order[start:start + settings.batch_size])
+        stage.update(epoch + 1)
     return [(layer.kernel.numpy(), layer.bias.numpy()) for layer in layers]
 
 
@@ -270,10 +273,12 @@ def reference_probe(model: keras.Model, layer_names: list[str], source: ImageSou
             optimizer.apply(gradient, head.trainable_variables)
 
     rng = np.random.default_rng(settings.seed)
+    stage = progress.Stage(f"probe: training {len(heads)} linear heads on augmented views", settings.epochs, "epoch")
     for epoch in range(settings.epochs):
         tables.set_plan(rng.permutation(split.train_rows), np.zeros(len(split.train_rows)), epoch)
         for images, targets in dataset:
             step(images, targets["sub"])
+        stage.update(epoch + 1)
     results = {}
     for name, (head, _) in heads.items():
         scores = split.val[name] @ head.kernel.numpy() + head.bias.numpy()

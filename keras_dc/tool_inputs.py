@@ -5,10 +5,12 @@ from __future__ import annotations
 
 import os
 
-from keras_dc.config import COUNT, IMAGE_SIDE, Config, ConfigError, Range, errors_as_flags, same_data
+from keras_dc.config import (ARCHITECTURES, COUNT, IMAGE_SIDE, Config, ConfigError, Range, errors_as_flags, one_of,
+                             same_data)
 
 # The numeric flags of define_flags and the values they accept (config.check_numbers).
-RANGES = {"image_size": IMAGE_SIDE, "val_fraction": Range(0, 1, low_open=True, high_open=True), "synthetic_size": COUNT}
+RANGES = {"image_size": IMAGE_SIDE, "val_fraction": Range(0, 1, low_open=True, high_open=True), "synthetic_size": COUNT,
+          "progress_seconds": Range(0, 10**6)}
 
 
 def define_flags(flags, verb: str) -> None:
@@ -17,7 +19,7 @@ def define_flags(flags, verb: str) -> None:
     flags.DEFINE_string("workdir", "", f"A training workdir: {verb} its backbone.keras on its data by default.")
     flags.DEFINE_string("backbone", "", "An exported backbone (.keras), instead of --workdir.")
     flags.DEFINE_bool("random_init", False, "Use a randomly initialised --arch (the baseline).")
-    flags.DEFINE_string("arch", "small", "Backbone of --random_init: small, alexnet, vgg16_bn or resnet50.")
+    flags.DEFINE_string("arch", "small", f"Backbone of --random_init: {one_of(ARCHITECTURES)}.")
     flags.DEFINE_integer("image_size", 32, "Input side of --random_init.")
     flags.DEFINE_bool("sobel", False, "Grey + Sobel input layers for --random_init.")
     flags.DEFINE_string("train_data", "", "Labelled training set (syntax of train.py's --data); "
@@ -26,6 +28,8 @@ def define_flags(flags, verb: str) -> None:
     flags.DEFINE_float("val_fraction", 0.2, "Stratified held-out fraction when there is no --val_data.")
     flags.DEFINE_string("tfds_data_dir", "", "Folder where TFDS data sets were prepared.")
     flags.DEFINE_integer("synthetic_size", 512, "Images of --train_data/--val_data=synthetic.")
+    flags.DEFINE_float("progress_seconds", 10.0, "Seconds between two progress lines of the feature passes and "
+                       "training when the output is not a terminal (a shorter pass prints none).")
 
 
 def check_inputs(workdir: str, backbone: str, random_init: bool, val_fraction: float) -> None:

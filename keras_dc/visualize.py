@@ -167,7 +167,8 @@ def projector_features(backbone: keras.Model, views: np.ndarray, assignment: Ass
 
 def visualize_run(workdir: str, selections: list[str], count: int, samples: int, projector_samples: int,
                   output_dir: str, seed: int = 0) -> dict:
-    """PNG grids in output_dir, the same as TensorBoard images, and a projector export of a random sample.
+    """PNG grids in output_dir (each with a JSON of its clusters and their sizes beside it), the same as
+    TensorBoard images, and a projector export of a random sample.
 
     TensorBoard files go to workdir/tensorboard/clusters; returns what was drawn and written.
     """
@@ -180,6 +181,9 @@ def visualize_run(workdir: str, selections: list[str], count: int, samples: int,
     for how, entry in grids.items():
         entry["png"] = os.path.join(output_dir, f"{how}.png")
         save_png(entry["grid"], entry["png"])
+        workdir_lib.write_json(os.path.splitext(entry["png"])[0] + ".json",  # what the picture shows, beside it
+                               {"workdir": workdir, "cycle": cycle, "selection": how, "clusters": entry["clusters"],
+                                "sizes": entry["sizes"], "samples": samples, "seed": seed})
     logdir = workdir_lib.tensorboard_dir(workdir, "clusters")
     write_image_summaries(logdir, {how: entry.pop("grid") for how, entry in grids.items()}, cycle)
     summary = {"cycle": cycle, "grids": grids, "tensorboard": logdir}

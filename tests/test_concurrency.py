@@ -94,8 +94,9 @@ def test_sigterm_to_the_launcher_reaches_the_workers_which_save_and_stop(tmp_pat
         assert not any(_alive(pid) for pid in workers)  # none orphaned
         stops = sorted(line.split("] ", 1)[1] for line in lines if "pre-empted: saved a checkpoint" in line)
         assert len(stops) == 2 and stops[0] == stops[1], "".join(lines[-30:])  # both at the same batch
-        batch = int(re.search(r"batch (\d+) of", stops[0]).group(1))
-        assert os.path.exists(os.path.join(workdir, "checkpoints", f"ckpt-{batch}.index"))
+        epoch, batch, steps = map(int, re.search(r"epoch (\d+), batch (\d+) of (\d+)", stops[0]).groups())
+        step = (epoch - 1) * steps + batch  # checkpoints are numbered by global step; any epoch may be the one
+        assert os.path.exists(os.path.join(workdir, "checkpoints", f"ckpt-{step}.index")), "".join(lines[-30:])
     finally:
         launcher.kill()
         for pid in workers:

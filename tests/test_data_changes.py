@@ -98,7 +98,7 @@ def test_hostile_entries_are_never_opened_and_are_reported(tmp_path):
     with open(os.path.join(os.fsencode(root / "b"), b"bad\xffname.png"), "wb") as handle:
         handle.write(_png(COLOURS["b"], 7))
     loaded = subprocess.run([sys.executable, "-c", HOSTILE_SCRIPT, str(root)], capture_output=True, text=True,
-                            timeout=120)  # a FIFO opened for reading waits for a writer forever
+                            timeout=600)  # a FIFO opened for reading waits for a writer forever: a hang guard
     assert loaded.returncode == 0, loaded.stderr[-2000:]
     report = json.loads(loaded.stdout.strip().splitlines()[-1])
     assert report["images"] == 8

@@ -2,6 +2,7 @@
 
 import json
 import os
+import re
 import subprocess
 import sys
 
@@ -83,8 +84,10 @@ def test_tool_fine_tunes_a_random_init_and_writes_the_report(tmp_path):
     output = tmp_path / "finetune.json"
     result = _run_tool("--random_init", "--arch=small", "--image_size=16", "--train_data=synthetic",
                        "--synthetic_size=80", "--epochs=2", "--batch_size=16", "--freeze=block1_pool",
-                       f"--tensorboard_dir={tmp_path / 'tb'}", f"--output={output}")
+                       f"--tensorboard_dir={tmp_path / 'tb'}", "--progress_seconds=0", f"--output={output}")
     assert result.returncode == 0, result.stderr[-2000:]
+    assert re.search(r"^\d\d:\d\d:\d\d fine-tuning, epoch 2: 16/64 images ", result.stdout, re.M)
+    assert "note: training top-1 is measured on random resized crops and flips" in result.stdout
     report = json.loads(output.read_text())
     assert set(report) >= {"top1", "top5", "epochs", "config"} and report["epochs"] == 2
     assert report["frozen_layers"][-1] == "block1_pool"

@@ -36,7 +36,7 @@ class ThreadCollective(Collective):
 
 def run_workers(workers, x, fn, chunk_rows=1000):
     """fn(ShardedFeatures of worker w) on `workers` threads, each holding a contiguous shard of x."""
-    slots, barrier = [None] * workers, threading.Barrier(workers, timeout=60)
+    slots, barrier = [None] * workers, threading.Barrier(workers, timeout=600)  # a bound against a hang only
     results, errors = [None] * workers, []
 
     def work(worker):

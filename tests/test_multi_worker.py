@@ -6,7 +6,9 @@ same features; the training test runs tools/train.py on 2 workers, then resumes 
 
 import json
 import os
+import subprocess
 import sys
+import threading
 import time
 
 import numpy as np
@@ -67,14 +69,41 @@ def test_two_worker_training_runs_resumes_and_agrees_on_every_clustering(tmp_pat
 
 def test_launcher_prefixes_output_and_stops_the_others_when_one_fails(tmp_path):
     script = tmp_path / "worker.py"
-    script.write_text("import json, os, sys, time\n"
+    script.write_text("import json, os, sys, threading\n"
                       "task = json.loads(os.environ['TF_CONFIG'])['task']['index']\n"
                       "print('threads', os.environ['OMP_NUM_THREADS'], 'args', sys.argv[1:])\n"
-                      "sys.exit(3) if task == 1 else time.sleep(60)\n")
-    start = time.monotonic()
-    status, lines = _launch(str(script), ["--x=1"])
-    assert status == 3 and time.monotonic() - start < 30
+                      "sys.exit(3) if task == 1 else threading.Event().wait()\n")  # worker 0 waits forever
+    results = []
+    launcher = threading.Thread(target=lambda: results.append(_launch(str(script), ["--x=1"])), daemon=True)
+    launcher.start()
+    launcher.join(timeout=300)  # a bound against hanging, not a timing: it returns only once worker 0 is stopped
+    assert results, "the launcher did not stop worker 0"
+    status, lines = results[0]
+    assert status == 3
     assert f"[worker 1] threads {max(1, (os.cpu_count() or 1) // 2)} args ['--x=1']" in lines
+
+
+def test_the_launchers_log_file_gets_each_line_while_the_workers_run(tmp_path):
+    """Output to a file is line-buffered: a worker's line is in the log while that worker still waits (for a
+    file the test writes only once it has read the line), not when the launcher ends."""
+    script, release, log = tmp_path / "worker.py", tmp_path / "release", tmp_path / "log"
+    script.write_text("import os, sys, time\n"
+                      "print('started', flush=True)\n"
+                      f"while not os.path.exists({str(release)!r}):\n"
+                      "    time.sleep(0.05)  # waits for the event (the file), not for a time\n")
+    with open(log, "w") as output:
+        launcher = subprocess.Popen([sys.executable, os.path.join(ROOT, "tools", "launch_local.py"), "--workers=2",
+                                     f"--program={script}"], stdout=output, stderr=subprocess.STDOUT)
+        try:
+            hang_guard = time.monotonic() + 300  # only so that a launcher that buffers fails instead of hanging
+            while launcher.poll() is None and log.read_text().count("] started") < 2 and time.monotonic() < hang_guard:
+                time.sleep(0.05)
+            seen = log.read_text()
+            release.write_text("")
+            assert launcher.wait(timeout=300) == 0
+        finally:
+            launcher.kill()
+    assert "[worker 0] started" in seen and "[worker 1] started" in seen, log.read_text()
 
 
 def test_tf_config_names_every_worker_and_this_task():

@@ -2,6 +2,7 @@
 
 import ast
 import os
+import re
 import tomllib
 
 from conftest import ROOT
@@ -45,3 +46,10 @@ def test_licence_is_apache_2():
     project = _pyproject()["project"]
     assert project["license"] == "Apache-2.0"
     assert "Apache License" in open(os.path.join(ROOT, "LICENSE")).read(2000)
+
+
+def test_readme_and_build_name_every_console_script():
+    scripts = set(_pyproject()["project"]["scripts"])
+    for name in ("README.md", "BUILD.md"):
+        named = set(re.findall(r"`(keras-dc-[a-z-]+)`", open(os.path.join(ROOT, name)).read()))
+        assert named == scripts, name

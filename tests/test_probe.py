@@ -3,6 +3,7 @@
 import json
 import math
 import os
+import re
 import subprocess
 import sys
 
@@ -176,9 +177,11 @@ def test_tool_rejects_a_bad_flag_with_one_line(args, flag):
 def test_tool_writes_the_report_for_a_random_init_baseline(tmp_path):
     output = tmp_path / "probe.json"
     result = _run_tool("--random_init", "--arch=small", "--image_size=16", "--train_data=synthetic",
-                       "--synthetic_size=100", "--lrs=0.1", "--kfold=0", "--epochs=3",
-                       "--max_dim=2000", f"--output={output}")
+                       "--synthetic_size=600", "--lrs=0.1", "--kfold=0", "--epochs=3",
+                       "--max_dim=2000", "--progress_seconds=0", f"--output={output}")
     assert result.returncode == 0, result.stderr[-2000:]
+    assert re.search(r"^\d\d:\d\d:\d\d probe: extracting features: 256/600 images .* ETA ", result.stdout, re.M)
+    assert re.search(r"^\d\d:\d\d:\d\d probe: training 3 linear heads: 1/3 epochs ", result.stdout, re.M)
     report = json.loads(output.read_text())
     assert set(report) >= {"layers", "knn", "clusters", "config"}
     assert list(report["layers"]) == ["block1_relu1", "block2_relu1", "block3_relu2"]

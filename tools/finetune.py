@@ -18,9 +18,10 @@ from absl import app, flags, logging
 
 from keras_dc import cli, tool_inputs
 from keras_dc.config import (DECAY, FRACTION, LEARNING_RATE, MOMENTUM, SEED, STRATEGIES, ConfigError, Range,
-                             check_flag_numbers, result_or_exit)
+                             check_flag_numbers, one_of, result_or_exit)
 
 FLAGS = flags.FLAGS
+SINGLE_WORKER_STRATEGIES = tuple(strategy for strategy in STRATEGIES if strategy != "multi_worker")
 
 
 def define_flags() -> None:
@@ -36,7 +37,7 @@ def define_flags() -> None:
     flags.DEFINE_float("min_crop_scale", 0.08, "Smallest random-resized-crop area of the training views.")
     flags.DEFINE_bool("flip", True, "Horizontal flips of the training views.")
     flags.DEFINE_integer("seed", 0, "Seed of the split, the classifier, the batches and --random_init.")
-    flags.DEFINE_string("strategy", "auto", "auto, default, one_device or mirrored (as tools/train.py).")
+    flags.DEFINE_string("strategy", "auto", f"{one_of(SINGLE_WORKER_STRATEGIES)} (as tools/train.py).")
     flags.DEFINE_string("output", "", "Where to write the JSON report (default: none).")
     flags.DEFINE_string("tensorboard_dir", "", "TensorBoard folder (default: WORKDIR/tensorboard/finetune with "
                         "--workdir, else none).")
@@ -51,8 +52,8 @@ def settings_from_flags():
     """The fine-tuning settings the flags describe; raises ConfigError naming a wrong flag (before TF loads)."""
     tool_inputs.check_inputs(FLAGS.workdir, FLAGS.backbone, FLAGS.random_init, FLAGS.val_fraction)
     check_flag_numbers(FLAGS, RANGES)
-    if FLAGS.strategy not in STRATEGIES or FLAGS.strategy == "multi_worker":
-        raise ConfigError("strategy", f"unknown value {FLAGS.strategy!r}; choose auto, default, one_device or mirrored")
+    if FLAGS.strategy not in SINGLE_WORKER_STRATEGIES:
+        raise ConfigError("strategy", f"unknown value {FLAGS.strategy!r}; choose {one_of(SINGLE_WORKER_STRATEGIES)}")
     from keras_dc.finetune import FinetuneSettings
 
     return FinetuneSettings(epochs=FLAGS.epochs, lr=FLAGS.lr, batch_size=FLAGS.batch_size, momentum=FLAGS.momentum,
@@ -77,7 +78,7 @@ def data_split(image_size: int, trained):
 def run() -> dict:
     """Loads the backbone and data the flags name, fine-tunes, and adds the settings to the report."""
     settings = settings_from_flags()
-    from keras_dc import distribute, finetune, workdir
+    from keras_dc import distribute, finetune, progress, workdir
     from keras_dc.config import errors_as_flags
 
     trained = tool_inputs.trained_config(FLAGS.workdir)
@@ -88,7 +89,9 @@ def run() -> dict:
     image_size = backbone.input_shape[1]
     split = data_split(image_size, trained)
     log_dir = FLAGS.tensorboard_dir or (workdir.tensorboard_dir(FLAGS.workdir, "finetune") if FLAGS.workdir else "")
-    with errors_as_flags({finetune.FreezeError: "freeze", finetune.BatchSizeError: "batch_size"}):
+    with errors_as_flags({finetune.FreezeError: "freeze", finetune.BatchSizeError: "batch_size"}), \
+            progress.reporting(progress.AUTO, FLAGS.progress_seconds):
+        print(f"note: {finetune.training_top1_note(backbone, settings)}")
         report = finetune.finetune(backbone, split, settings, strategy, log_dir, verbose=2)
     report["config"] = {"backbone": description, "train_data": split.train.description,
                         "val_data": FLAGS.val_data and split.val.description or f"held out {FLAGS.val_fraction}",

@@ -125,7 +125,7 @@ def print_report(report: dict) -> None:
 def run() -> dict:
     """Loads the backbone and data the flags name, evaluates, and adds the settings to the report."""
     settings = settings_from_flags()
-    from keras_dc import backbones, probe, workdir
+    from keras_dc import backbones, probe, progress, workdir
     from keras_dc.config import errors_as_flags
 
     trained = tool_inputs.trained_config(FLAGS.workdir)
@@ -137,7 +137,8 @@ def run() -> dict:
         FLAGS.seed, FLAGS.workdir)
     names = backbones.conv_tap_layers(backbone, settings.layers)
     clusters = model_clusters(trained, train_source.num_images)
-    with errors_as_flags({probe.PoolingError: "max_dim", probe.FoldError: "kfold"}):
+    with errors_as_flags({probe.PoolingError: "max_dim", probe.FoldError: "kfold"}), \
+            progress.reporting(progress.AUTO, FLAGS.progress_seconds):
         report = probe.evaluate_backbone(backbone, names, train_source, val_source, settings, clusters)
         baseline = (probe.per_layer_baseline(backbone, names, train_source, val_source, settings)
                     if FLAGS.per_layer_baseline else None)

@@ -9,6 +9,8 @@ Each --probes file is the --output JSON of tools/linear_probe.py, e.g. of a trai
 
 from __future__ import annotations
 
+import json
+import os
 
 from absl import app, flags, logging
 
@@ -22,7 +24,7 @@ def define_flags() -> None:
     """Declares the tool's flags; only __main__ calls this."""
     flags.DEFINE_list("probes", [], "linear_probe.py JSON reports, one line each.")
     flags.DEFINE_list("labels", [], "A legend label per report (default: the file names).")
-    flags.DEFINE_string("output", "probes.png", "The PNG to write.")
+    flags.DEFINE_string("output", "probes.png", "The PNG to write; the plotted top-1s go beside it (.json).")
     flags.DEFINE_string("title", "Linear probe on each layer", "Title of the figure.")
     flags.DEFINE_string("tensorboard_dir", "", "Also write the picture to TensorBoard here (default: no).")
 
@@ -40,8 +42,11 @@ def run() -> str:
     with errors_as_flags({probe_plot.ProbeReportError: "probes"}):
         curves = {label: probe_plot.read_top1(path) for label, path in zip(labels, FLAGS.probes)}
     png = probe_plot.draw(curves, FLAGS.title)
+    numbers = {"title": FLAGS.title, "top1": curves, "reports": dict(zip(labels, FLAGS.probes))}
     try:
         workdir.atomic_write_bytes(FLAGS.output, png)
+        numbers_path = os.path.splitext(FLAGS.output)[0] + ".json"  # the plotted numbers, beside it
+        workdir.atomic_write_bytes(numbers_path, json.dumps(numbers, indent=2).encode())
     except OSError as error:
         raise ConfigError("output", f"cannot write {FLAGS.output}: {error.strerror}") from None
     if FLAGS.tensorboard_dir:

@@ -17,7 +17,8 @@ import sys
 from absl import app, flags, logging
 
 from keras_dc import cli
-from keras_dc.config import Config, ConfigError
+from keras_dc.config import (ARCHITECTURES, CACHE_DTYPES, PRECISIONS, SAMPLING_MODES, STRATEGIES, Config,
+                             ConfigError, one_of)
 
 FLAGS = flags.FLAGS
 EXIT_DIVERGED = 1
@@ -29,7 +30,7 @@ HELP = {
     "workdir": "Folder of the run: config, checkpoints, assignments, TensorBoard logs, exported backbone.",
     "data": "Image source: digits, synthetic, a folder path, or tfds:NAME[:SPLIT] (with --tfds_data_dir).",
     "tfds_data_dir": "Folder where a TFDS data set was prepared (nothing is downloaded).",
-    "arch": "Backbone: small, alexnet or vgg16_bn.",
+    "arch": f"Backbone: {one_of(ARCHITECTURES)}.",
     "image_size": "Side of the square training images, in pixels.",
     "batch_size": "Global batch size (split over the replicas).",
     "epochs": "Number of training epochs.",
@@ -45,21 +46,21 @@ HELP = {
     "momentum": "SGD momentum.",
     "weight_decay": "SGD weight decay: coupled L2 (g += wd * w before the momentum), as torch and the reference.",
     "decoupled_weight_decay": "Apply --weight_decay decoupled (w -= lr * wd * w outside the momentum) instead.",
-    "sampling": "uniform (same number of images from each cluster per epoch), weighted (inverse cluster "
-                "size loss weights) or none.",
+    "sampling": f"{one_of(SAMPLING_MODES)}: the same number of images from each cluster per epoch, inverse "
+                "cluster size loss weights, or neither.",
     "min_crop_scale": "Smallest area fraction of the random resized crop.",
     "flip": "Random horizontal flips in the training view (--noflip for data where mirroring changes meaning).",
     "seed": "Seed of everything random; the same seed gives the same run on CPU.",
-    "strategy": "auto, default, one_device, mirrored or multi_worker.",
+    "strategy": f"{one_of(STRATEGIES)}.",
     "head_groups": "Split the replicas into G groups, each owning S/G sub-class heads (the reference's "
                    "distribution; one replica per process), or auto for the largest G dividing S and the replicas.",
-    "precision": "float32, mixed_bfloat16 or mixed_float16.",
+    "precision": f"{one_of(PRECISIONS)}.",
     "jit_compile": "Compile the train step with XLA.",
     "deterministic": "Deterministic TensorFlow ops (reproducible, a little slower).",
     "synthetic_size": "Number of images of --data=synthetic.",
     "feature_cache_dir": "Folder of the disk caches of features during clustering (default: WORKDIR/feature_cache; "
                          "a node-local disk is best).",
-    "feature_cache_dtype": "float32, or float16 to halve the feature caches on disk.",
+    "feature_cache_dtype": f"{one_of(CACHE_DTYPES)} (float16 halves the feature caches on disk).",
     "max_cache_gb": "Refuse to start when one worker's feature caches would exceed this many GB (0: no limit).",
     "eval_every": "Every this many epochs, log k-NN and linear-probe top-1 on labelled data (0: never).",
     "eval_data": "Labelled validation set of --eval_every (syntax of --data; default: hold out 20% of --data).",

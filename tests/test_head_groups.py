@@ -151,15 +151,21 @@ def test_a_killed_grouped_run_resumes_to_the_uninterrupted_assignments(tmp_path)
     assert status == 2 and any("was trained with --head_groups=2, not 1" in line for line in lines)
 
 
-def test_head_groups_that_do_not_fit_are_refused_with_one_line(tmp_path):
-    """3 groups do not divide S = 8; 2 groups on one process with 2 replicas (logical CPUs) are refused."""
-    status, lines = _launch(f"{ROOT}/tools/train.py", [*TRAIN_FLAGS, "--head_groups=3", f"--workdir={tmp_path}/a"],
-                            workers=1)
-    assert status == 2 and any("--head_groups: 3 groups must be a positive divisor of the S=8" in line
-                               for line in lines)
-    status, lines = _launch(f"{ROOT}/tools/train.py", [*TRAIN_FLAGS, "--head_groups=4", f"--workdir={tmp_path}/b"])
-    assert status == 2 and any("--head_groups: 4 groups must divide both the S=8 sub-class heads and the 2 "
-                               "replicas" in line for line in lines)
+def test_head_groups_that_do_not_fit_are_refused_naming_the_flag(tmp_path):
+    """3 groups do not divide S = 8; G > 1 refuses what its update does not do (a 4-worker run is in
+    test_grouped_step_matches_the_reference_update, a refused resume in the kill test)."""
+    from keras_dc import config as config_lib
+    from keras_dc.config import Config, ConfigError
+
+    base = dict(workdir=str(tmp_path / "run"), k=8, super_clusters=2)
+    cases = ((dict(head_groups="3"), "head_groups", "3 groups must be a positive divisor of the S=8"),
+             (dict(head_groups="x"), "head_groups", "positive integer or auto"),
+             (dict(head_groups="2", jit_compile=True), "jit_compile", "not supported"),
+             (dict(head_groups="2", precision="mixed_float16"), "precision", "not supported"))
+    for changes, flag, words in cases:
+        with pytest.raises(ConfigError, match=words) as error:
+            config_lib.validate(Config(**base, **changes))
+        assert error.value.flag == flag
 
 
 MIRRORED = """

@@ -58,7 +58,7 @@ def run(size: str, deterministic: bool, jit_compile: bool = False, heads_only: b
     source = synthetic_source(sizes["images"], small.image_size)
     figures = heads.heads_step_figures(small, source, steps)
     figures.update(heads.pca_small_n_figures())
-    figures.update(grouped.grouped_figures(max(2, steps // 2)))
+    figures.update(grouped.grouped_figures(max(2, steps // 2), workers=2 if size == "smoke" else 4))
     if heads_only:
         return {**figures, **heads_ratios(figures)}
     figures["matmul_flops_per_s"] = benchmark.matmul_flops_per_second()

@@ -438,7 +438,7 @@ def test_the_tools_own_outputs_in_a_data_folder_are_not_taken_for_data(tmp_path)
         Image.new("RGB", (20, 20)).save(folder / name)
     (folder / "run" / ".lock").write_text("")
     source = sources.load_source(str(folder), 16)
-    assert source.index.names == ("a/one.png", "b/two.png")
+    assert list(source.index.names) == ["a/one.png", "b/two.png"]
     assert sum("keras-dc's outputs" in entry for entry in source.unreadable) == 2
 
 

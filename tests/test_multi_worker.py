@@ -134,7 +134,7 @@ tables.set_plan(rng.permutation(64), rng.integers(0, 4, 64), 0)
 with strategy.scope():
     model = train.build_model(config, sync_batchnorm=True)
 make_dataset = functools.partial(data.training_dataset, source, tables, 16, rotation=True, seed=0, min_crop_scale=0.5)
-batches = train.worker_dataset(strategy, make_dataset, 16)
+batches = train.worker_dataset(strategy, make_dataset, 16, train.head_layout(config, strategy))
 with distribute.keras_fit_context(model, strategy):
     model.fit(batches, epochs=2, verbose=0)
 seen = [int(index) for batch in batches for local in strategy.experimental_local_results(batch[1]["index"])

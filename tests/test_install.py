@@ -121,10 +121,13 @@ def installed(tmp_path_factory):
     venv = _fresh_venv(folder, _closure(_requirements_of_wheel(wheel), EXTRAS))
     python = os.path.join(venv, "bin", "python")
     pip = [sys.executable, "-m", "pip", "--python", python]
-    subprocess.run([*pip, "install", "--quiet", "--no-index", "--no-deps", wheel], check=True, timeout=300)
-    check = subprocess.run([*pip, "check"], capture_output=True, text=True, timeout=300)
-    assert check.returncode == 0, check.stdout  # every declared requirement is there
+    # Without PYTHONPATH (the tests put this checkout on it): an installed checkout's keras_dc.egg-info
+    # there would make pip take the wheel as installed already.
     environment = {key: value for key, value in os.environ.items() if key != "PYTHONPATH"}
+    subprocess.run([*pip, "install", "--quiet", "--no-index", "--no-deps", wheel], check=True, timeout=300,
+                   env=environment)
+    check = subprocess.run([*pip, "check"], capture_output=True, text=True, timeout=300, env=environment)
+    assert check.returncode == 0, check.stdout  # every declared requirement is there
     where = subprocess.run([python, "-c", "import keras_dc, keras_dc_tools; print(keras_dc.__file__)"], cwd=folder,
                            env=environment, capture_output=True, text=True, timeout=300)
     assert where.stdout.startswith(venv), where.stdout + where.stderr  # not this checkout

@@ -59,11 +59,11 @@ def _metrics(workdir):
 
 
 def test_diverged_then_a_lower_lr_recovers_from_the_last_finite_checkpoint(tmp_path):
-    """At --lr=0.5 epoch 2's losses stay finite but its last update makes the weights non-finite: that
+    """At --lr=0.75 epoch 2's losses stay finite but its last update makes the weights non-finite: that
     state must not be saved. The README's advice, a lower --lr and the same command, must then resume
     from epoch 1's checkpoint and train with the new lr (not the one restored with the optimizer)."""
     workdir = str(tmp_path / "run")
-    diverged = _train(workdir, "--epochs=2", "--lr=0.5")
+    diverged = _train(workdir, "--epochs=2", "--lr=0.75")
     _one_error_line(diverged, EXIT_DIVERGED, "non-finite")
     assert _checkpoints(workdir) == [f"ckpt-{STEPS_PER_EPOCH}"]
     assert not _non_finite(os.path.join(workdir, "checkpoints", f"ckpt-{STEPS_PER_EPOCH}"))
@@ -71,10 +71,10 @@ def test_diverged_then_a_lower_lr_recovers_from_the_last_finite_checkpoint(tmp_p
     recovered = _train(workdir, "--epochs=2", "--lr=0.01")
     assert recovered.returncode == 0, (recovered.stdout + recovered.stderr)[-3000:]
     assert f"resuming {workdir} after epoch 1\n" in recovered.stdout
-    assert "resume: --lr changed from 0.5 to 0.01" in recovered.stdout
-    assert [row["learning_rate"] for row in _metrics(workdir)] == pytest.approx([0.5, 0.01])
+    assert "resume: --lr changed from 0.75 to 0.01" in recovered.stdout
+    assert [row["learning_rate"] for row in _metrics(workdir)] == pytest.approx([0.75, 0.01])
     history = [json.loads(line) for line in open(os.path.join(workdir, "settings_history.jsonl"))]
-    assert [(entry["after_epoch"], entry["changes"]) for entry in history] == [(1, {"lr": [0.5, 0.01]})]
+    assert [(entry["after_epoch"], entry["changes"]) for entry in history] == [(1, {"lr": [0.75, 0.01]})]
     for name in _checkpoints(workdir):
         assert not _non_finite(os.path.join(workdir, "checkpoints", name)), name
 

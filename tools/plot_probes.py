@@ -35,7 +35,7 @@ def run() -> str:
         raise ConfigError("probes", "give one or more linear_probe.py reports")
     if FLAGS.labels and len(FLAGS.labels) != len(FLAGS.probes):
         raise ConfigError("labels", f"{len(FLAGS.labels)} labels for {len(FLAGS.probes)} reports")
-    from keras_dc import probe_plot, workdir
+    from keras_dc import probe_plot
     from keras_dc.config import errors_as_flags
 
     labels = FLAGS.labels or [probe_plot.default_label(path) for path in FLAGS.probes]
@@ -43,6 +43,8 @@ def run() -> str:
         curves = {label: probe_plot.read_top1(path) for label, path in zip(labels, FLAGS.probes)}
     png = probe_plot.draw(curves, FLAGS.title)
     numbers = {"title": FLAGS.title, "top1": curves, "reports": dict(zip(labels, FLAGS.probes))}
+    from keras_dc import workdir  # TensorFlow's import: only once the reports were read
+
     try:
         workdir.atomic_write_bytes(FLAGS.output, png)
         numbers_path = os.path.splitext(FLAGS.output)[0] + ".json"  # the plotted numbers, beside it

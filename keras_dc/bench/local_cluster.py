@@ -82,9 +82,12 @@ def worker_environment(ports: Sequence[int], index: int, threads: int, gpus: int
     return environment
 
 
-def _relay(stream, prefix: str, write: Callable[[str], None]) -> None:
+def _relay(stream, prefix: str, write: Callable[[str], None], lock: threading.Lock) -> None:
+    """Passes each line of `stream` to `write` with `prefix`, one whole line at a time: print() writes a
+    line and its newline separately, so two workers' lines could otherwise interleave."""
     for line in stream:
-        write(f"{prefix}{line.rstrip()}")
+        with lock:
+            write(f"{prefix}{line.rstrip()}")
 
 
 def run_local_cluster(command: Sequence[str], workers: int, threads: int = 0,
@@ -97,7 +100,7 @@ def run_local_cluster(command: Sequence[str], workers: int, threads: int = 0,
         raise ValueError(f"workers must be >= 1, got {workers}")
     threads = threads or max(1, (os.cpu_count() or 1) // workers)
     ports = free_ports(workers)
-    processes, relays = [], []
+    processes, relays, lock = [], [], threading.Lock()
     with SignalForwarder(processes) as forwarder:
         for index in range(workers):
             environment = worker_environment(ports, index, threads, gpus_per_worker)
@@ -107,7 +110,8 @@ def run_local_cluster(command: Sequence[str], workers: int, threads: int = 0,
             processes.append(process)
             if forwarder.signum is not None:  # arrived while the workers were being started
                 process.send_signal(signal.SIGTERM)
-            relay = threading.Thread(target=_relay, args=(process.stdout, f"[worker {index}] ", write), daemon=True)
+            relay = threading.Thread(target=_relay, args=(process.stdout, f"[worker {index}] ", write, lock),
+                                     daemon=True)
             relay.start()
             relays.append(relay)
         status = _wait_all(processes, forwarder)

@@ -10,6 +10,10 @@ Each head is its own pair of variables (kernel_h, bias_h), not a slice of one
 would cost S full-size gradients in the backward pass. With one variable per
 head, backward and optimizer work on (D, units) tensors only, and a step holds
 the weights, their optimizer slots and one gradient of them (docs/scaling.md).
+
+The heads of a group of replicas (`momentum_slots`, updated by the train step itself) are further
+stored as column blocks of at most BLOCK_BYTES: the train step differentiates and updates one block
+after the other, so that it never holds a whole head's gradient (a head is 1.3 GB at the paper's size).
 """
 
 from __future__ import annotations
@@ -21,6 +25,13 @@ import keras_dc  # noqa: F401  (selects the TensorFlow backend)
 import keras
 
 HEAD_INIT_STDDEV = 0.01
+BLOCK_BYTES = 64 * 2**20
+
+
+def block_widths(dim: int, units: int, block_bytes: int) -> list[int]:
+    """Widths of the column blocks of a (dim, units) float32 kernel, each at most `block_bytes`."""
+    columns = max(1, block_bytes // (4 * dim))
+    return [columns] * (units // columns) + ([units % columns] if units % columns else [])
 
 
 @keras.saving.register_keras_serializable(package="keras_dc")
@@ -38,10 +49,14 @@ class RoutedDense(keras.layers.Layer):
         features_shape = input_shape[0]
         dim = int(features_shape[-1])
         init = keras.initializers.RandomNormal(stddev=HEAD_INIT_STDDEV)
-        self.kernels = [self.add_weight(name=f"kernel_{head}", shape=(dim, self.units), initializer=init)
-                        for head in self.heads]
-        self.biases = [self.add_weight(name=f"bias_{head}", shape=(self.units,), initializer="zeros")
-                       for head in self.heads]
+        self.widths = block_widths(dim, self.units, BLOCK_BYTES) if self.momentum_slots else [self.units]
+        blocks = [(head, f"_block{block}" if len(self.widths) > 1 else "", width)
+                  for head in self.heads for block, width in enumerate(self.widths)]
+        # Flat lists, head after head and block after block within a head.
+        self.kernels = [self.add_weight(name=f"kernel_{head}{suffix}", shape=(dim, width), initializer=init)
+                        for head, suffix, width in blocks]
+        self.biases = [self.add_weight(name=f"bias_{head}{suffix}", shape=(width,), initializer="zeros")
+                       for head, suffix, width in blocks]
         # The heads of a group of replicas (heads owned by groups) are updated by the train step itself,
         # outside Keras' optimizer, which would all-reduce them: their momentum lives here.
         self.momentums = [self.add_weight(name=f"momentum_{variable.name}", shape=variable.shape,
@@ -57,12 +72,21 @@ class RoutedDense(keras.layers.Layer):
         features, routes = inputs
         features = tf.cast(features, self.compute_dtype)
         if self.num_heads == 1:
-            return _matmul(features, self.kernels[0]) + self.biases[0]
+            return self._head(features, 0)
         routes = tf.cast(routes, tf.int32) - self.first_head
         parts = tf.dynamic_partition(features, routes, self.num_heads)
         positions = tf.dynamic_partition(tf.range(tf.shape(features)[0]), routes, self.num_heads)
-        outputs = [_matmul(part, kernel) + bias for part, kernel, bias in zip(parts, self.kernels, self.biases)]
-        return tf.dynamic_stitch(positions, outputs)
+        return tf.dynamic_stitch(positions, [self._head(part, index) for index, part in enumerate(parts)])
+
+    def _head(self, features, index: int):
+        """The logits of this layer's `index`-th head, block after block."""
+        blocks = self._blocks(index)
+        logits = [_matmul(features, kernel) + bias for kernel, bias in zip(self.kernels[blocks], self.biases[blocks])]
+        return logits[0] if len(logits) == 1 else tf.concat(logits, axis=-1)
+
+    def _blocks(self, index: int) -> slice:
+        """Where the `index`-th head's blocks are in `kernels` and `biases`."""
+        return slice(index * len(self.widths), (index + 1) * len(self.widths))
 
     def compute_output_shape(self, input_shape):
         return (input_shape[0][0], self.units)
@@ -77,9 +101,14 @@ class RoutedDense(keras.layers.Layer):
         if not self.momentum_slots:
             reinitialize_dense(self, seed)
             return
-        for head, kernel, bias in zip(self.heads, self.kernels, self.biases):
-            kernel.assign(_normal(np.random.default_rng([seed, head]), kernel.shape))
-            bias.assign(np.zeros(bias.shape, np.float32))
+        splits = np.cumsum(self.widths)[:-1]
+        for index, head in enumerate(self.heads):
+            blocks = self._blocks(index)
+            kernel = _normal(np.random.default_rng([seed, head]), (self.kernels[0].shape[0], self.units))
+            for variable, values in zip(self.kernels[blocks], np.split(kernel, splits, axis=1)):
+                variable.assign(values)
+            for variable in self.biases[blocks]:
+                variable.assign(np.zeros(variable.shape, np.float32))
 
 
 def _matmul(a, b):

@@ -2,9 +2,11 @@
 
 Every replica holds the body, the super-class head and the sub-class heads of its group (all S
 with one group, S/G with --head_groups=G), one optimizer slot per weight (SGD momentum), one
-gradient per weight and the activations of its share of the batch. Each step all-reduces the body's
-and the super-class head's gradients over all replicas, and a group's heads' over the group. Each
-worker also keeps a disk cache of features and fits the PCA in host memory.
+gradient per weight (with groups: per weight of the body and the super-class head, and one or two
+column blocks of a sub-class head, keras_dc.heads) and the activations of its share of the batch.
+Each step all-reduces the body's and the super-class head's gradients over all replicas, and a
+group's heads' over the group. Each worker also keeps a disk cache of features and fits the PCA in
+host memory.
 """
 
 from __future__ import annotations
@@ -16,6 +18,7 @@ import numpy as np
 import keras_dc  # noqa: F401  (selects the TensorFlow backend)
 import keras
 
+from keras_dc import heads as heads_lib
 from keras_dc.config import Config, ConfigError
 
 FLOAT32 = 4
@@ -48,7 +51,7 @@ def plan(config: Config, replicas: int, backbone: keras.Model, groups: int = 1) 
         "body": body * FLOAT32,
         "heads": heads * FLOAT32,
         "optimizer_slots": (trainable + heads) * FLOAT32,  # built at any --momentum (keras_dc.optimizer.SGD)
-        "gradients": (trainable + heads) * FLOAT32,
+        "gradients": (trainable + super_head + head_gradients(dim, config, replicas, groups)) * FLOAT32,
         "activations": per_replica_batch * (activation_elements(backbone) * compute_bytes + logits * FLOAT32),
         "feature_cache_per_million_images": MILLION * (dim + config.pca_dim) * cache_bytes,
         "pca": 2 * dim * dim * 8,
@@ -56,6 +59,18 @@ def plan(config: Config, replicas: int, backbone: keras.Model, groups: int = 1) 
         * FLOAT32 * (replicas > 1),
         "allreduce_in_group": (heads - super_head) * FLOAT32 * (groups > 1 and replicas // groups > 1),
     }
+
+
+def head_gradients(dim: int, config: Config, replicas: int, groups: int) -> int:
+    """Most sub-class head gradient values a replica holds at once: every head's with one group (Keras'
+    optimizer takes all gradients together); with groups, one column block's, and the group's sum of it
+    too when the group has several replicas (the train step updates one block after the other)."""
+    one_head = dim * config.sub_classes + config.sub_classes
+    if groups == 1:
+        return config.super_classes * one_head
+    columns = heads_lib.block_widths(dim, config.sub_classes, heads_lib.BLOCK_BYTES)[0]
+    alive = 2 if replicas // groups > 1 else 1
+    return min(config.super_classes // groups * one_head, alive * (dim + 1) * columns)
 
 
 SYNTHETIC_BYTES_PER_VALUE = 17  # generating --data=synthetic holds float64 noise and images, then uint8 copies
@@ -95,7 +110,8 @@ def describe(config: Config, replicas: int, figures: dict[str, int], groups: int
         f"head group(s), batch {config.batch_size // replicas} per replica, {config.precision}",
         f"per replica (each replica holds {held}):",
         *(f"  {key:34s} {_gb(figures[key])}" for key in ("body", "heads", "optimizer_slots")),
-        f"  {'gradients':34s} {_gb(figures['gradients'])}  (at most: all alive at once)",
+        f"  {'gradients':34s} {_gb(figures['gradients'])}  (at most: "
+        f"{'all alive at once' if groups == 1 else 'a sub-class head column block at a time'})",
         f"  {'activations':34s} {_gb(figures['activations'])}",
         f"  {'total':34s} {_gb(device)}",
         "all-reduced per step (gradients):",

@@ -74,20 +74,19 @@ class DeeperClusterModel(keras.Model):
             head_loss = tf.reduce_sum(shares * losses["sub"])
             scaled = [self.optimizer.scale_loss(loss) for loss in (body_loss, head_loss)]
         sub_heads, others = self._variables_by_loss()
-        head_gradients = tape.gradient(scaled[1], sub_heads)
         if self.layout.grouped:
             other_gradients = tape.gradient(scaled[0], others)
             # The heads move once the backward pass no longer reads them (a write to a variable whose value
             # is still in use copies it), and the group collectives finish before the all-replica ones
             # start: one order on every replica.
             with tf.control_dependencies(other_gradients):
-                updates = self._update_group_heads(head_gradients)
+                updates = self._update_group_heads(tape, scaled[1])
             with tf.control_dependencies(updates):
                 other_gradients = [tf.identity(g) for g in other_gradients]
             self.optimizer.apply(other_gradients, others)
         else:
             gradients = dict(zip(map(id, others), tape.gradient(scaled[0], others)))
-            gradients.update(zip(map(id, sub_heads), head_gradients))
+            gradients.update(zip(map(id, sub_heads), tape.gradient(scaled[1], sub_heads)))
             self.optimizer.apply([gradients[id(v)] for v in self.trainable_variables], self.trainable_variables)
         del tape
         self._update_metrics(outputs, targets, losses)
@@ -102,16 +101,17 @@ class DeeperClusterModel(keras.Model):
             return head_groups.group_sum(local, layout, instance=0)
         return _all_replica_sum(local)
 
-    def _update_group_heads(self, gradients: list) -> list:
-        """torch's SGD step on this group's heads with their gradients summed over the group, one head
-        after the other (one order of collectives on every replica of the group)."""
+    def _update_group_heads(self, tape: tf.GradientTape, loss: tf.Tensor) -> list:
+        """torch's SGD step on this group's heads with their gradients of `loss` summed over the group,
+        one block of a head after the other: each block's gradient is taken once the previous block has
+        moved, so one block's gradient is alive at a time (and one order of collectives on every replica
+        of the group)."""
         layer = self.get_layer("sub_heads")
         inner = getattr(self.optimizer, "inner_optimizer", self.optimizer)
         done: list = []
-        for index, (variable, gradient, buffer) in enumerate(zip(layer.trainable_variables, gradients,
-                                                                  layer.momentums)):
+        for index, (variable, buffer) in enumerate(zip(layer.trainable_variables, layer.momentums)):
             with tf.control_dependencies(done):
-                summed = head_groups.group_sum(gradient, self.layout, instance=index + 1)
+                summed = head_groups.group_sum(tape.gradient(loss, variable), self.layout, instance=index + 1)
                 done = [optimizer_lib.torch_update(variable, buffer, summed, inner.learning_rate, inner.momentum,
                                                    inner.l2)]
         return done

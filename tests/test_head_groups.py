@@ -64,15 +64,17 @@ def grouped_run(tmp_path_factory):
     return folder, expected, holds
 
 
-@pytest.mark.parametrize("groups", [4, 2])
-def test_grouped_step_matches_the_reference_update(grouped_run, groups):
+@pytest.mark.parametrize("variant", ["g4", "g2", "g4_blocks"])
+def test_grouped_step_matches_the_reference_update(grouped_run, variant):
     """Body and super-class head: mean over all 12 examples; head j: mean over its examples, summed over
     its group only; coupled decay and momentum, after two steps. All-reducing a head over every replica
-    would add another group's gradients into it."""
+    would add another group's gradients into it. With heads stored in blocks of columns (updated one
+    block after the other), the same step."""
     folder, expected, _ = grouped_run
+    groups = int(variant[1])
     for worker in range(WORKERS):
         owned = head_groups.layout(HEADS, groups, worker, WORKERS).owned
-        state = np.load(folder / f"state_g{groups}_w{worker}.npz")
+        state = np.load(folder / f"state_{variant}_w{worker}.npz")
         heads = {path for path in expected[groups] if "sub_heads" in path}
         mine = {path for path in heads if int(path.rsplit("_", 1)[1]) in owned}
         assert {path for path in state.files if not path.endswith(":momentum")} == set(expected[groups]) - heads | mine
@@ -85,13 +87,15 @@ def test_grouped_step_matches_the_reference_update(grouped_run, groups):
 
 def test_a_replica_holds_only_its_groups_heads(grouped_run):
     _, _, holds = grouped_run
-    assert sorted((h["groups"], h["worker"]) for h in holds) == [(g, w) for g in (2, 4) for w in range(WORKERS)]
+    assert sorted((h["variant"], h["worker"]) for h in holds) == [
+        (v, w) for v in ("g2", "g4", "g4_blocks") for w in range(WORKERS)]
     one_head = None
     for hold in holds:
         owned = list(head_groups.layout(HEADS, hold["groups"], hold["worker"], WORKERS).owned)
         assert hold["heads"] == owned
         names = {path.rsplit("/", 1)[1] for path in hold["variables"]}
-        assert names == {f"{kind}_{head}" for head in owned
+        blocks = [f"_block{b}" for b in range(3)] if hold["variant"] == "g4_blocks" else [""]  # 6 columns, 2 a block
+        assert names == {f"{kind}_{head}{block}" for head in owned for block in blocks
                          for kind in ("kernel", "bias", "momentum_kernel", "momentum_bias")}
         one_head = one_head or hold["bytes"] / len(owned)
         assert hold["bytes"] == one_head * HEADS / hold["groups"]

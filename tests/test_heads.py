@@ -133,3 +133,28 @@ def test_train_step_holds_no_tensor_larger_than_one_head():
     largest = max(sizes, key=sizes.get)
     assert sizes[largest] <= dim * units, f"{largest} has {sizes[largest]} elements, one head {dim * units}"
     assert sum(1 for size in sizes.values() if size == dim * units) >= num_heads  # the check sees the heads
+
+
+def test_a_head_in_column_blocks_computes_and_starts_as_the_whole_head(monkeypatch):
+    """A group's head stored in blocks of at most BLOCK_BYTES (here 3 columns of 7: 3, 3, 1) gives the
+    logits of the whole head and re-draws the same values as an unblocked head of the same index."""
+    whole = heads.RoutedDense(2, 7, first_head=4, momentum_slots=True)
+    whole.build([(None, 5), (None,)])
+    monkeypatch.setattr(heads, "BLOCK_BYTES", 3 * 5 * 4)
+    blocked = heads.RoutedDense(2, 7, first_head=4, momentum_slots=True)
+    blocked.build([(None, 5), (None,)])
+    assert blocked.widths == [3, 3, 1] and [k.shape for k in blocked.kernels[:3]] == [(5, 3), (5, 3), (5, 1)]
+    assert [k.path.rsplit("/", 1)[1] for k in blocked.kernels] == [
+        f"kernel_{h}_block{b}" for h in (4, 5) for b in range(3)]
+    whole.reinitialize(11)
+    blocked.reinitialize(11)
+    for index in range(2):
+        joined = np.concatenate([k.numpy() for k in blocked.kernels[3 * index:3 * index + 3]], axis=1)
+        np.testing.assert_array_equal(joined, whole.kernels[index].numpy())
+    for variable in blocked.biases:
+        variable.assign(np.arange(variable.shape[0], dtype=np.float32) + 1)
+    for variable, values in zip(whole.biases, [np.array([1, 2, 3, 1, 2, 3, 1], np.float32)] * 2):
+        variable.assign(values)
+    x = np.random.default_rng(2).normal(size=(9, 5)).astype(np.float32)
+    routes = np.array([4, 5, 5, 4, 4, 5, 4, 4, 5], np.int32)
+    np.testing.assert_allclose(blocked([x, routes]).numpy(), whole([x, routes]).numpy(), rtol=1e-6, atol=1e-6)

@@ -62,3 +62,20 @@ def test_plan_with_head_groups_counts_one_groups_heads_and_the_all_reduce():
                                                         *model.get_layer("super_head").weights])
     assert figures["allreduce_in_group"] == _bytes(model.get_layer("sub_heads").trainable_weights)
     assert memory_plan.plan(config, 8, backbone)["allreduce_in_group"] == 0
+
+
+def test_plan_with_head_groups_counts_a_column_block_of_head_gradients(monkeypatch):
+    """A grouped step holds the gradients of the body and the super-class head, and of one column block
+    of a sub-class head at a time, plus the group's sum of it: the measured step (tests/test_head_groups.py,
+    docs/scaling.md) is bounded by it."""
+    from keras_dc import heads
+
+    config = Config(k=60, super_clusters=2, rotation=True, batch_size=16)  # S = 8 heads of 30 classes, D = 7
+    image = keras.Input((4, 4, 3))
+    backbone = keras.Model(image, keras.layers.Dense(7)(keras.layers.Flatten()(image)))
+    body_and_super = _bytes(backbone.trainable_weights) + (7 * 8 + 8) * 4
+    assert memory_plan.plan(config, 8, backbone, groups=4)["gradients"] == body_and_super + 2 * (7 * 30 + 30) * 4
+    monkeypatch.setattr(heads, "BLOCK_BYTES", 4 * 7 * 4)  # blocks of 4 columns
+    assert memory_plan.plan(config, 8, backbone, groups=4)["gradients"] == body_and_super + 2 * (7 + 1) * 4 * 4
+    assert memory_plan.plan(config, 4, backbone, groups=4)["gradients"] == body_and_super + (7 + 1) * 4 * 4
+    assert memory_plan.plan(config, 4, backbone)["gradients"] == body_and_super + 8 * (7 * 30 + 30) * 4

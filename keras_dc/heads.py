@@ -18,6 +18,8 @@ after the other, so that it never holds a whole head's gradient (a head is 1.3 G
 
 from __future__ import annotations
 
+from typing import Callable
+
 import numpy as np
 import tensorflow as tf
 
@@ -73,10 +75,35 @@ class RoutedDense(keras.layers.Layer):
         features = tf.cast(features, self.compute_dtype)
         if self.num_heads == 1:
             return self._head(features, 0)
-        routes = tf.cast(routes, tf.int32) - self.first_head
-        parts = tf.dynamic_partition(features, routes, self.num_heads)
-        positions = tf.dynamic_partition(tf.range(tf.shape(features)[0]), routes, self.num_heads)
+        parts, positions = self._partition(features, routes), self._partition(tf.range(tf.shape(features)[0]), routes)
         return tf.dynamic_stitch(positions, [self._head(part, index) for index, part in enumerate(parts)])
+
+    def _partition(self, values, routes) -> list:
+        """`values` split by head (a list of one without routing)."""
+        if self.num_heads == 1:
+            return [values]
+        return tf.dynamic_partition(values, tf.cast(routes, tf.int32) - self.first_head, self.num_heads)
+
+    def gradients(self, features, routes, output_gradient) -> list[tuple[keras.Variable, Callable]]:
+        """Each variable with a function that makes its gradient from the layer's inputs and the gradient
+        of the loss with respect to its output (what the tape would compute for a head's matmul and bias).
+        The train step scales `output_gradient` per head (docs/method.md) and, with heads owned by groups,
+        makes one block's gradient at a time."""
+        features = self._partition(tf.cast(features, self.compute_dtype), routes)
+        output_gradient = self._partition(output_gradient, routes)
+        starts = np.cumsum([0, *self.widths])
+        pairs = []
+        for index in range(self.num_heads):
+            for block, (kernel, bias) in enumerate(zip(self.kernels[self._blocks(index)],
+                                                       self.biases[self._blocks(index)])):
+                def columns(index=index, block=block):
+                    gradient = output_gradient[index]
+                    return gradient if len(self.widths) == 1 else gradient[:, starts[block]:starts[block + 1]]
+
+                pairs.append((kernel, lambda index=index, columns=columns: tf.linalg.matmul(
+                    features[index], columns(), transpose_a=True)))
+                pairs.append((bias, lambda columns=columns: tf.reduce_sum(columns(), axis=0)))
+        return pairs
 
     def _head(self, features, index: int):
         """The logits of this layer's `index`-th head, block after block."""

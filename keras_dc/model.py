@@ -37,7 +37,7 @@ class DeeperClusterModel(keras.Model):
                                        momentum_slots=layout.grouped, name="sub_heads",
                                        dtype="float32")([features, route])
         super().__init__(inputs={"image": image, "route": route},
-                         outputs={"super": super_logits, "sub": sub_logits}, **kwargs)
+                         outputs={"super": super_logits, "sub": sub_logits, "features": features}, **kwargs)
         self.backbone = backbone
         self.super_classes = super_classes
         self.sub_classes = sub_classes
@@ -58,37 +58,38 @@ class DeeperClusterModel(keras.Model):
 
         The body and the super-class head get the batch mean of w * (CE_super + CE_sub); sub-class
         head j gets sum w_i * dCE_sub_i / n_j over the examples routed to it, n_j being the sum of
-        their weights over the whole (all-replica) batch: its own mean, not n_j / B of it.
+        their weights over the whole (all-replica) batch: its own mean, not n_j / B of it. That is B / n_j
+        times the gradient of the batch mean, so one backward pass of it serves both: the heads' gradients
+        are made from its gradient at their output, scaled per head (a second loss would run the body's
+        backward pass, and its synchronised batch norm's collectives, a second time).
         """
         images, targets = data
         replicas = tf.distribute.get_strategy().num_replicas_in_sync
         batch = tf.cast(tf.shape(images)[0] * replicas, tf.float32)
         weights = tf.cast(targets["weight"], tf.float32)
         routes = tf.cast(targets["super"], tf.int32)
-        head_sizes = self._head_sizes(weights, routes)
-        with tf.GradientTape(persistent=True) as tape:
+        head_scales = tf.math.divide_no_nan(batch, self._head_sizes(weights, routes))
+        with tf.GradientTape() as tape:
             outputs = self({"image": images, "route": routes}, training=True)
             losses = self._per_example_losses(outputs, targets)
-            body_loss = tf.reduce_sum(weights * (losses["super"] + losses["sub"])) / batch
-            shares = tf.math.divide_no_nan(weights, tf.gather(head_sizes, routes - self.layout.first_head))
-            head_loss = tf.reduce_sum(shares * losses["sub"])
-            scaled = [self.optimizer.scale_loss(loss) for loss in (body_loss, head_loss)]
+            loss = self.optimizer.scale_loss(tf.reduce_sum(weights * (losses["super"] + losses["sub"])) / batch)
         sub_heads, others = self._variables_by_loss()
+        *gradients, sub_gradient = tape.gradient(loss, [*others, outputs["sub"]])
+        sub_gradient = sub_gradient * tf.gather(head_scales, routes - self.layout.first_head)[:, None]
+        head_gradients = self.get_layer("sub_heads").gradients(outputs["features"], routes, sub_gradient)
         if self.layout.grouped:
-            other_gradients = tape.gradient(scaled[0], others)
             # The heads move once the backward pass no longer reads them (a write to a variable whose value
             # is still in use copies it), and the group collectives finish before the all-replica ones
             # start: one order on every replica.
-            with tf.control_dependencies(other_gradients):
-                updates = self._update_group_heads(tape, scaled[1])
+            with tf.control_dependencies(gradients):
+                updates = self._update_group_heads(head_gradients)
             with tf.control_dependencies(updates):
-                other_gradients = [tf.identity(g) for g in other_gradients]
-            self.optimizer.apply(other_gradients, others)
+                gradients = [tf.identity(g) for g in gradients]
+            self.optimizer.apply(gradients, others)
         else:
-            gradients = dict(zip(map(id, others), tape.gradient(scaled[0], others)))
-            gradients.update(zip(map(id, sub_heads), tape.gradient(scaled[1], sub_heads)))
-            self.optimizer.apply([gradients[id(v)] for v in self.trainable_variables], self.trainable_variables)
-        del tape
+            by_variable = dict(zip(map(id, others), gradients))
+            by_variable.update((id(variable), make()) for variable, make in head_gradients)
+            self.optimizer.apply([by_variable[id(v)] for v in self.trainable_variables], self.trainable_variables)
         self._update_metrics(outputs, targets, losses)
         return {name: tracker.result() for name, tracker in self._trackers.items()}
 
@@ -101,19 +102,19 @@ class DeeperClusterModel(keras.Model):
             return head_groups.group_sum(local, layout, instance=0)
         return _all_replica_sum(local)
 
-    def _update_group_heads(self, tape: tf.GradientTape, loss: tf.Tensor) -> list:
-        """torch's SGD step on this group's heads with their gradients of `loss` summed over the group,
-        one block of a head after the other: each block's gradient is taken once the previous block has
-        moved, so one block's gradient is alive at a time (and one order of collectives on every replica
-        of the group)."""
+    def _update_group_heads(self, gradients: list) -> list:
+        """torch's SGD step on this group's heads with their gradients summed over the group, one block of
+        a head after the other: each block's gradient is made once the previous block has moved, so one
+        block's gradient is alive at a time (and one order of collectives on every replica of the group)."""
         layer = self.get_layer("sub_heads")
+        buffers = dict(zip(map(id, layer.trainable_variables), layer.momentums))
         inner = getattr(self.optimizer, "inner_optimizer", self.optimizer)
         done: list = []
-        for index, (variable, buffer) in enumerate(zip(layer.trainable_variables, layer.momentums)):
+        for index, (variable, make) in enumerate(gradients):
             with tf.control_dependencies(done):
-                summed = head_groups.group_sum(tape.gradient(loss, variable), self.layout, instance=index + 1)
-                done = [optimizer_lib.torch_update(variable, buffer, summed, inner.learning_rate, inner.momentum,
-                                                   inner.l2)]
+                summed = head_groups.group_sum(make(), self.layout, instance=index + 1)
+                done = [optimizer_lib.torch_update(variable, buffers[id(variable)], summed, inner.learning_rate,
+                                                   inner.momentum, inner.l2)]
         return done
 
     @property

@@ -128,3 +128,35 @@ def test_deepercluster_resets_both_heads_and_their_momentum(tiny_config, monkeyp
         kernel_after = after[name][0][0]
         assert np.any(slot != 0) and not np.allclose(kernel_after, kernel)
         assert all(np.all(slot_after == 0) for _, slot_after in after[name])
+
+
+class _CountedBackward(keras.layers.Layer):
+    """Identity whose backward pass adds one to `count`: a stateful op, as synchronised batch norm's
+    collectives are, which TensorFlow runs even when no requested gradient needs it."""
+
+    def build(self, input_shape):
+        self.count = self.add_weight(shape=(), initializer="zeros", trainable=False, name="count")
+
+    def call(self, x):
+        @tf.custom_gradient
+        def identity(value):
+            def backward(upstream):
+                self.count.assign_add(1.0)
+                return tf.identity(upstream)
+            return tf.identity(value), backward
+        return identity(x)
+
+
+def test_a_train_step_runs_the_bodys_backward_pass_once():
+    """The heads' own averaging (B / n_j) is applied to the one backward pass of the batch loss; a second
+    loss for the heads would run the body's backward (and its batch norm's all-reduces) a second time."""
+    image = keras.Input((4, 4, 3))
+    counted = _CountedBackward()
+    hidden = keras.layers.Dense(5)(keras.layers.Flatten()(image))
+    backbone = keras.Model(image, keras.layers.Dense(6)(counted(hidden)))
+    model = DeeperClusterModel(backbone, super_classes=2, sub_classes=3)
+    model.compile(keras.optimizers.SGD(0.1))
+    targets = {"super": np.array([0, 1, 1, 0]), "sub": np.array([2, 0, 1, 1]), "weight": np.ones(4, np.float32),
+               "index": np.arange(4)}
+    model.fit(np.ones((4, 4, 4, 3), np.float32), targets, batch_size=4, epochs=3, verbose=0)
+    assert float(counted.count.numpy()) == 3.0

@@ -25,7 +25,7 @@ lint: $(VENV)/.installed
 	$(PY) -m ruff check keras_dc tools tests
 
 test: lint
-	$(PY) -m pytest tests -q
+	$(PY) -m pytest tests -q --durations=15
 
 # Each picture and table in README/docs comes with the JSON it shows, in docs/figures; tests/test_figures.py
 # checks that README's tables say what those JSONs do. A finished demo run in FIGURES_WORKDIR is reused

@@ -1,9 +1,10 @@
 """The DeeperCluster training model: backbone, super-class head, routed sub-class heads.
 
-A Keras functional model with inputs {"image", "route"} and outputs
-{"super", "sub"}. During training the route is the example's true super-class
-(docs/method.md: the sub-class loss uses the true super-class's head); at inference
-a caller may route by the predicted super-class.
+A Keras functional model with inputs {"image", "route"} and outputs {"super", "sub"}
+(logits) and "features" (the heads' input, from which the train step makes the
+sub-class heads' gradients). During training the route is the example's true
+super-class (docs/method.md: the sub-class loss uses the true super-class's head);
+at inference a caller may route by the predicted super-class.
 """
 
 from __future__ import annotations

@@ -11,6 +11,7 @@ host memory.
 
 from __future__ import annotations
 
+import dataclasses
 import os
 
 import numpy as np
@@ -43,7 +44,7 @@ def plan(config: Config, replicas: int, backbone: keras.Model, groups: int = 1) 
     trainable = int(sum(np.prod(weight.shape) for weight in backbone.trainable_weights))
     heads = head_weights(dim, config.super_classes, config.sub_classes, groups)
     super_head = dim * config.super_classes + config.super_classes
-    compute_bytes = FLOAT32 if config.precision == "float32" else 2
+    compute_bytes = _compute_bytes(config)
     per_replica_batch = config.batch_size // replicas
     logits = config.super_classes + config.sub_classes
     cache_bytes = FLOAT32 if config.feature_cache_dtype == "float32" else 2
@@ -99,9 +100,37 @@ def check_host_memory(config: Config) -> None:
                           f"{machine_bytes() / 1e9:.1f} GB of this machine")
 
 
+DEVICE_PARTS = ("body", "heads", "optimizer_slots", "gradients", "activations")
+
+
+PLANNED_SIZE = 128  # the image size at which check_cpu_training_memory builds the body
+
+
+def check_cpu_training_memory(config: Config, replicas: int, local_replicas: int, groups: int) -> None:
+    """Refuses, before any work, a run whose model and activations cannot fit in this machine's memory
+    when it trains on CPUs (a GPU reports its own out-of-memory error, which the tool turns into one line;
+    on a CPU the kernel's OOM killer would end the run without a word). The body is built at most
+    PLANNED_SIZE pixels wide (a body at 4096 px may not even fit), and its activations scaled by the area:
+    at most what the run needs, since weights only grow with the image and activations at least as its area."""
+    from keras_dc import backbones
+
+    size = min(config.image_size, PLANNED_SIZE)
+    backbone = backbones.build_backbone(config.arch, size, sobel=config.sobel, seed=config.seed)
+    figures = plan(dataclasses.replace(config, image_size=size), replicas, backbone, groups)
+    compute_bytes = _compute_bytes(config)
+    growth = config.batch_size // replicas * activation_elements(backbone) * compute_bytes * (
+        (config.image_size / size) ** 2 - 1)
+    needed = local_replicas * (sum(figures[key] for key in DEVICE_PARTS) + growth)
+    if needed > machine_bytes():
+        raise ConfigError("image_size", f"{config.image_size} px at {config.batch_size // replicas} images per "
+                          f"replica needs at least {needed / 1e9:.1f} GB to train on this machine's CPUs, more "
+                          f"than its {machine_bytes() / 1e9:.1f} GB: lower --image_size or --batch_size "
+                          f"(--dry_run prints the plan)")
+
+
 def describe(config: Config, replicas: int, figures: dict[str, int], groups: int = 1) -> str:
     """The plan as the lines --dry_run prints."""
-    device = sum(figures[key] for key in ("body", "heads", "optimizer_slots", "gradients", "activations"))
+    device = sum(figures[key] for key in DEVICE_PARTS)
     held = ("the whole model" if groups == 1 else
             f"the body, the super-class head and {config.super_classes // groups} of the sub-class heads")
     rows = [
@@ -125,6 +154,10 @@ def describe(config: Config, replicas: int, figures: dict[str, int], groups: int
         f"N x N when fewer rows than dims)",
     ]
     return "\n".join(rows)
+
+
+def _compute_bytes(config: Config) -> int:
+    return FLOAT32 if config.precision == "float32" else 2
 
 
 def _gb(size: int) -> str:

@@ -80,6 +80,9 @@ def check_settings(config: Config) -> tf.distribute.Strategy:
     strategy = distribute.get_strategy(config.strategy)
     replicas = strategy.num_replicas_in_sync
     resolve_head_groups(config, strategy)
+    if not tf.config.list_physical_devices("GPU"):
+        memory_plan.check_cpu_training_memory(config, replicas, replicas // distribute.worker_position(strategy)[1],
+                                              int(config.head_groups))
     check_resumable(config)
     if config.batch_size % replicas:
         raise ConfigError("batch_size", f"{config.batch_size} is not divisible by the {replicas} replicas")

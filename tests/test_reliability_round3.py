@@ -353,6 +353,18 @@ def test_a_run_too_large_for_the_machines_memory_is_refused_before_any_work(tiny
     assert error.value.flag == "synthetic_size" and "GB" in str(error.value)
 
 
+def test_training_too_large_for_the_machines_memory_on_cpus_is_refused_before_any_work(tiny_config, monkeypatch):
+    """Class 4: --image_size=4096 ended in an OOM kill: the memory plan (model, slots, gradients and the
+    activations of a replica's batch) is checked against the machine's memory when training on CPUs."""
+    from keras_dc import memory_plan
+
+    with pytest.raises(ConfigError) as error:
+        train.check_settings(dataclasses.replace(tiny_config, data="digits", image_size=4096, batch_size=64))
+    assert error.value.flag == "image_size" and "GB" in str(error.value) and "--batch_size" in str(error.value)
+    monkeypatch.setattr(memory_plan, "machine_bytes", lambda: 10**15)
+    train.check_settings(dataclasses.replace(tiny_config, data="digits", image_size=4096, batch_size=64))
+
+
 def test_data_paths_compare_by_the_folder_they_name(tmp_path, monkeypatch):
     """Class 6: a trailing slash, a relative path or a link to the same folder is the same data."""
     folder = tmp_path / "images"

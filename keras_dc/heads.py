@@ -94,11 +94,11 @@ class RoutedDense(keras.layers.Layer):
         starts = np.cumsum([0, *self.widths])
         pairs = []
         for index in range(self.num_heads):
-            for block, (kernel, bias) in enumerate(zip(self.kernels[self._blocks(index)],
-                                                       self.biases[self._blocks(index)])):
-                def columns(index=index, block=block):
+            blocks = self._blocks(index)
+            for kernel, bias, start, stop in zip(self.kernels[blocks], self.biases[blocks], starts, starts[1:]):
+                def columns(index=index, start=start, stop=stop):
                     gradient = output_gradient[index]
-                    return gradient if len(self.widths) == 1 else gradient[:, starts[block]:starts[block + 1]]
+                    return gradient if len(self.widths) == 1 else gradient[:, start:stop]
 
                 pairs.append((kernel, lambda index=index, columns=columns: tf.linalg.matmul(
                     features[index], columns(), transpose_a=True)))

@@ -74,7 +74,7 @@ class DeeperClusterModel(keras.Model):
             outputs = self({"image": images, "route": routes}, training=True)
             losses = self._per_example_losses(outputs, targets)
             loss = self.optimizer.scale_loss(tf.reduce_sum(weights * (losses["super"] + losses["sub"])) / batch)
-        sub_heads, others = self._variables_by_loss()
+        others = self._variables_by_loss()[1]
         *gradients, sub_gradient = tape.gradient(loss, [*others, outputs["sub"]])
         sub_gradient = sub_gradient * tf.gather(head_scales, routes - self.layout.first_head)[:, None]
         head_gradients = self.get_layer("sub_heads").gradients(outputs["features"], routes, sub_gradient)

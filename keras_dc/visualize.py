@@ -22,7 +22,7 @@ from tensorboard.plugins import projector
 import keras_dc  # noqa: F401  (selects the TensorFlow backend)
 import keras
 
-from keras_dc import data, workdir as workdir_lib
+from keras_dc import cluster_statistics, data, workdir as workdir_lib
 from keras_dc.sources import ImageSource, load_source
 from keras_dc.workdir import Assignment, WorkdirError
 
@@ -165,10 +165,36 @@ def projector_features(backbone: keras.Model, views: np.ndarray, assignment: Ass
     return assignment.pca.reduce(features) if assignment.pca is not None else features
 
 
+def image_statistic_codes(source: ImageSource, indices: np.ndarray, image_size: int, seed: int = 0) -> dict:
+    """cluster_statistics' codes of the centre views of the given images, read a batch at a time."""
+    raw = [cluster_statistics.raw_statistics(batch.numpy())
+           for batch in data.clustering_dataset(source, image_size, 256, indices)]
+    return cluster_statistics.statistic_codes(
+        {name: np.concatenate([batch[name] for batch in raw]) for name in cluster_statistics.STATISTICS}, seed=seed)
+
+
+def statistics_of_run(workdir: str, source: ImageSource, sub_classes: int, image_size: int, samples: int,
+                      seed: int = 0) -> dict:
+    """What the first (random network) and the latest clustering follow: their NMI with the labels and
+    with image statistics on `samples` random images, and their cluster sizes (all images)."""
+    indices = np.sort(np.random.default_rng(seed).choice(source.num_images, min(samples, source.num_images),
+                                                         replace=False))
+    codes = image_statistic_codes(source, indices, image_size, seed)
+    labels = source.labels[indices] if source.labels is not None else None
+    report = {"images": len(indices)}
+    for which in ("first", "latest"):
+        cycle, assignment = workdir_lib.latest_assignment(workdir, first=which == "first")
+        cluster_ids = assignment.cluster_ids(sub_classes)
+        report[which] = {"cycle": cycle, "nmi": cluster_statistics.nmi_with(cluster_ids[indices], codes, labels),
+                         "sizes": cluster_statistics.cluster_sizes(cluster_ids)}
+    return report
+
+
 def visualize_run(workdir: str, selections: list[str], count: int, samples: int, projector_samples: int,
-                  output_dir: str, seed: int = 0) -> dict:
+                  output_dir: str, seed: int = 0, statistics_samples: int = 0) -> dict:
     """PNG grids in output_dir (each with a JSON of its clusters and their sizes beside it), the same as
-    TensorBoard images, and a projector export of a random sample.
+    TensorBoard images, a projector export of a random sample and, with `statistics_samples`,
+    statistics_of_run in output_dir/cluster_statistics.json.
 
     TensorBoard files go to workdir/tensorboard/clusters; returns what was drawn and written.
     """
@@ -190,6 +216,12 @@ def visualize_run(workdir: str, selections: list[str], count: int, samples: int,
     if projector_samples:
         summary["projector_images"] = export_run_sample(workdir, source, assignment, cluster_ids,
                                                         config.image_size, projector_samples, logdir, seed)
+    if statistics_samples:
+        summary["statistics"] = statistics_of_run(workdir, source, config.sub_classes, config.image_size,
+                                                  statistics_samples, seed)
+        summary["statistics"]["json"] = os.path.join(output_dir, "cluster_statistics.json")
+        workdir_lib.write_json(summary["statistics"]["json"], {"workdir": workdir, "seed": seed,
+                                                               **summary["statistics"]})
     return summary
 
 

@@ -1,6 +1,7 @@
 """Tests for keras_dc.visualize and tools/visualize_clusters.py: selections, grids, TensorBoard, projector."""
 
 import glob
+import json
 import os
 import subprocess
 import sys
@@ -122,3 +123,7 @@ def test_tool_draws_the_requested_grid(workdir, tmp_path):
     assert result.returncode == 0, result.stderr[-2000:]
     assert Image.open(tmp_path / "random.png").size == (3 * 18 + 2, 2 * 18 + 2)
     assert "random" in result.stdout
+    statistics = json.loads((tmp_path / "cluster_statistics.json").read_text())
+    assert statistics["images"] == 96 and statistics["first"]["cycle"] == 0
+    assert set(statistics["latest"]["nmi"]) == {"labels", "mean_colour", "brightness", "edge_energy", "edge_centre"}
+    assert statistics["latest"]["sizes"]["clusters"] <= 8 and "edge_centre" in result.stdout

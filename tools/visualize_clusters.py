@@ -3,7 +3,9 @@
     python tools/visualize_clusters.py --workdir=/tmp/kdc_demo
     tensorboard --logdir /tmp/kdc_demo/tensorboard   (Images and Projector tabs, run "clusters")
 
-One grid per --select value (rows: clusters, columns: sampled members).
+One grid per --select value (rows: clusters, columns: sampled members), and a table of what the first
+and the latest clustering follow (NMI with the labels and with mean colour, brightness, edge energy and
+its position; cluster sizes), also written to cluster_statistics.json beside the grids.
 """
 
 from __future__ import annotations
@@ -27,11 +29,16 @@ def define_flags() -> None:
     flags.DEFINE_integer("samples", 10, "Sampled images (columns) per cluster.")
     flags.DEFINE_integer("projector_samples", 500, "Images in the embedding-projector export (0: none).")
     flags.DEFINE_string("output_dir", "", "Folder of the PNG grids (default: WORKDIR/cluster_grids).")
+    flags.DEFINE_integer("statistics_samples", 10000,
+                         "Images on which the first and the latest clustering are compared with the labels and "
+                         "with simple image statistics (mean colour, brightness, edge energy and its centre); "
+                         "0: none.")
     flags.DEFINE_integer("seed", 0, "Seed of the random selection and the samples.")
 
 
 # Every numeric flag and the values it accepts, checked in one place (config.check_numbers).
-RANGES = {"clusters": COUNT, "samples": Range(1, 10**4), "projector_samples": OPTIONAL_COUNT, "seed": SEED}
+RANGES = {"clusters": COUNT, "samples": Range(1, 10**4), "projector_samples": OPTIONAL_COUNT,
+          "statistics_samples": OPTIONAL_COUNT, "seed": SEED}
 
 
 def check_flags() -> None:
@@ -59,7 +66,8 @@ def main(argv: list[str]) -> None:
         # The images come from the data the workdir recorded: a SourceError is the workdir's to fix.
         with errors_as_flags({workdir.WorkdirError: "workdir", SourceError: "workdir"}):
             summary = visualize.visualize_run(FLAGS.workdir, FLAGS.select, FLAGS.clusters, FLAGS.samples,
-                                              FLAGS.projector_samples, output_dir, FLAGS.seed)
+                                              FLAGS.projector_samples, output_dir, FLAGS.seed,
+                                              FLAGS.statistics_samples)
     except ConfigError as error:
         print(f"error: {error}", file=sys.stderr)
         sys.exit(2)
@@ -71,6 +79,21 @@ def main(argv: list[str]) -> None:
         rows = ", ".join(f"{cluster} ({size})" for cluster, size in zip(entry["clusters"], entry["sizes"]))
         print(f"  {how:8s} {entry['png']}  rows: cluster (size) {rows}")
     print(f"  TensorBoard images and projector ({summary.get('projector_images', 0)} images): {summary['tensorboard']}")
+    if "statistics" in summary:
+        print_statistics(summary["statistics"])
+
+
+def print_statistics(statistics: dict) -> None:
+    """The NMI table of the first and the latest clustering, one row each, and where the JSON went."""
+    names = list(statistics["latest"]["nmi"])
+    print(f"NMI of the clusters with labels and image statistics ({statistics['images']} images), cluster sizes (all):")
+    print(f"  {'clustering':16s}" + "".join(f"{name:>13s}" for name in names) + "   sizes min / median / max")
+    for which in ("first", "latest"):
+        entry, sizes = statistics[which], statistics[which]["sizes"]
+        print(f"  {which + ' (cycle ' + str(entry['cycle']) + ')':16s}"
+              + "".join(f"{entry['nmi'][name]:13.3f}" for name in names)
+              + f"   {sizes['min']} / {sizes['median']:g} / {sizes['max']}")
+    print(f"  {statistics['json']}")
 
 
 def entry_point() -> None:

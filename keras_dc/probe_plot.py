@@ -96,7 +96,8 @@ def draw(curves: dict[str, dict[str, float]], title: str,
     """The PNG of one line per curve (label -> {layer: top-1 %}), layers on x in first-seen order, with
     error bars where `errors` (label -> {layer: sd}) has them."""
     layers = list(dict.fromkeys(name for curve in curves.values() for name in curve))
-    figure, axes = pyplot.subplots(figsize=(max(4.0, 1.1 * len(layers) + 2.0), 3.6), dpi=120)
+    width = max(4.0, 1.1 * len(layers) + 2.0) + 0.07 * max(map(len, curves)) + 0.8  # the legend on the right
+    figure, axes = pyplot.subplots(figsize=(max(width, 0.1 * len(title)), 3.6), dpi=120)
     for label, curve in curves.items():
         spread = (errors or {}).get(label, {})
         axes.errorbar([layers.index(name) for name in curve], list(curve.values()),
@@ -105,7 +106,7 @@ def draw(curves: dict[str, dict[str, float]], title: str,
     axes.set_ylabel("linear probe top-1 (%)")
     axes.set_title(title)
     axes.grid(alpha=0.3)
-    axes.legend()
+    axes.legend(loc="upper left", bbox_to_anchor=(1.02, 1.0), fontsize="small")
     figure.tight_layout()
     buffer = io.BytesIO()
     figure.savefig(buffer, format="png")

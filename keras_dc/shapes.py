@@ -1,5 +1,5 @@
-"""A folder of generated images of drawn shapes, one subfolder per shape: "my own images" for the
-recipe flags/small_folder.flags and for tests of folder data, made without any download.
+"""A folder of generated images of drawn shapes, one subfolder per shape: "my own images" for a
+check of the recipes on a folder and for tests of folder data, made without any download.
 
 Each image is a filled shape (disc, square, triangle, cross) of random size, position and colour
 on a random background, with noise, saved as PNG under FOLDER/SHAPE/NNNNN.png.

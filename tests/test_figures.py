@@ -8,6 +8,7 @@ import re
 import pytest
 
 from conftest import ROOT
+from keras_dc import probe_plot
 
 FIGURES = os.path.join(ROOT, "docs", "figures")
 
@@ -71,6 +72,21 @@ def test_the_probe_plot_shows_the_probe_reports():
     reports = [_json("demo_probe.json"), _json("random_probe.json")]
     assert [list(curve.values()) for curve in plotted.values()] == [
         [100 * row["top1"] for row in report["layers"].values()] for report in reports]
+
+
+@pytest.mark.parametrize("data", ["photos", "shapes"])
+def test_evaluations_multi_seed_tables_are_the_probe_reports(data):
+    """docs/evaluation.md's photograph and shape tables are what plot_probes prints of the reports in
+    docs/figures/DATA: each row the mean ± sd over the seeds of one network, in the plot's order."""
+    numbers = _json(f"{data}_probes.json")
+    summaries = {label: probe_plot.summarize([os.path.join(ROOT, path) for path in paths])
+                 for label, paths in numbers["reports"].items()}
+    assert all(os.path.dirname(path) == f"docs/figures/{data}" for paths in numbers["reports"].values()
+               for path in paths)
+    table = probe_plot.markdown_table(summaries, {label: len(paths) for label, paths in numbers["reports"].items()})
+    lines = open(os.path.join(ROOT, "docs", "evaluation.md")).read().splitlines()
+    first_row = lines.index(table.splitlines()[2])
+    assert lines[first_row - 2:first_row - 2 + len(table.splitlines())] == table.splitlines()
 
 
 def test_every_picture_in_the_docs_is_made_with_its_numbers():

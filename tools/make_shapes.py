@@ -2,8 +2,8 @@
 
     python tools/make_shapes.py --output=/tmp/shapes --images=2000
 
-The folder stands for "a few thousand of my own images" in the recipe flags/small_folder.flags
-(README, "A few thousand of your own images"); the subfolder names serve only for evaluation.
+The folder stands for "a few thousand of my own images" (docs/evaluation.md, "Generated shapes": what
+flags/small_photos.flags gives on it and why); the subfolder names serve only for evaluation.
 """
 
 from __future__ import annotations

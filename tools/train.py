@@ -50,7 +50,7 @@ HELP = {
                 "cluster size loss weights, or neither.",
     "min_crop_scale": "Smallest area fraction of the random resized crop.",
     "flip": "Random horizontal flips in the training view (--noflip for data where mirroring changes meaning).",
-    "seed": "Seed of everything random; the same seed gives the same run on CPU.",
+    "seed": "Seed of everything random; the same seed gives the same run on the same CPU machine.",
     "strategy": f"{one_of(STRATEGIES)}.",
     "head_groups": "Split the replicas into G groups, each owning S/G sub-class heads (the reference's "
                    "distribution; one replica per process), or auto for the largest G dividing S and the replicas.",

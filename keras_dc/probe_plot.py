@@ -27,11 +27,6 @@ KNN = "k-NN top-1"
 NMI = "k-means NMI vs labels"
 
 
-def read_top1(path: str) -> dict[str, float]:
-    """Top-1 (in %) of every probed layer of a linear_probe.py report, in the report's (network) order."""
-    return {name: score for name, score in read_scores(path).items() if name not in (KNN, NMI)}
-
-
 def read_scores(path: str) -> dict[str, float]:
     """A report's top-1 (in %) of every probed layer in network order, then its k-NN top-1 (%) and the
     NMI of its k-means with the labels, where it has them."""

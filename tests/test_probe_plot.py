@@ -27,11 +27,11 @@ def _report(path, top1s, knn=None, nmi=None):
 
 def test_reads_top1_in_percent_in_network_order(tmp_path):
     path = _report(tmp_path / "a.json", {"block1_relu1": 0.5, "block3_relu2": 0.75, "block2_relu1": 0.6})
-    assert list(probe_plot.read_top1(path).items()) == [("block1_relu1", 50.0), ("block3_relu2", 75.0),
+    assert list(probe_plot.read_scores(path).items()) == [("block1_relu1", 50.0), ("block3_relu2", 75.0),
                                                          ("block2_relu1", 60.0)]
     (tmp_path / "bad.json").write_text('{"knn": {}}')
     with pytest.raises(probe_plot.ProbeReportError, match="bad.json is not a linear_probe.py report"):
-        probe_plot.read_top1(str(tmp_path / "bad.json"))
+        probe_plot.read_scores(str(tmp_path / "bad.json"))
 
 
 def test_summarizes_seeds_as_mean_and_sample_deviation(tmp_path):

@@ -74,11 +74,11 @@ def test_the_probe_plot_shows_the_probe_reports():
         [100 * row["top1"] for row in report["layers"].values()] for report in reports]
 
 
-@pytest.mark.parametrize("data", ["photos", "shapes"])
-def test_evaluations_multi_seed_tables_are_the_probe_reports(data):
+@pytest.mark.parametrize("figure, data", [("photos", "photos"), ("photos_colour", "photos"), ("shapes", "shapes")])
+def test_evaluations_multi_seed_tables_are_the_probe_reports(figure, data):
     """docs/evaluation.md's photograph and shape tables are what plot_probes prints of the reports in
     docs/figures/DATA: each row the mean ± sd over the seeds of one network, in the plot's order."""
-    numbers = _json(f"{data}_probes.json")
+    numbers = _json(f"{figure}_probes.json")
     summaries = {label: probe_plot.summarize([os.path.join(ROOT, path) for path in paths])
                  for label, paths in numbers["reports"].items()}
     assert all(os.path.dirname(path) == f"docs/figures/{data}" for paths in numbers["reports"].values()

@@ -24,8 +24,12 @@ demo: $(VENV)/.installed
 lint: $(VENV)/.installed
 	$(PY) -m ruff check keras_dc tools tests
 
+# The suite runs on PYTEST_WORKERS processes (pytest-xdist), a test file per process so that its
+# module fixtures (a trained run, an installed wheel) are made once: most tests wait on a tool they
+# started, so two processes keep two cores busy.
+PYTEST_WORKERS ?= 2
 test: lint
-	$(PY) -m pytest tests -q --durations=15
+	$(PY) -m pytest tests -q --durations=15 -n $(PYTEST_WORKERS) --dist=loadfile
 
 # Each picture and table in README/docs comes with the JSON it shows, in docs/figures; tests/test_figures.py
 # checks that README's tables say what those JSONs do. A finished demo run in FIGURES_WORKDIR is reused

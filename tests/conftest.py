@@ -20,9 +20,3 @@ def tiny_config(tmp_path):
     return Config(workdir=str(tmp_path / "run"), data="synthetic", synthetic_size=96, arch="small",
                   image_size=16, batch_size=16, epochs=2, k=8, super_clusters=2, rotation=True,
                   reassign_every=1, pca_dim=16, kmeans_iters=5, min_crop_scale=0.5, verbose=0)
-
-
-def pytest_collection_modifyitems(items):
-    """The longest file (the installed wheel's tools, ~8 min) first: on `make test`'s 2 processes one
-    takes it at the start instead of running it alone after the rest."""
-    items.sort(key=lambda item: item.path.name != "test_install.py")

@@ -25,8 +25,8 @@ lint: $(VENV)/.installed
 	$(PY) -m ruff check keras_dc tools tests
 
 # The suite runs on PYTEST_WORKERS processes (pytest-xdist), a test file per process so that its
-# module fixtures (a trained run, an installed wheel) are made once: most tests wait on a tool they
-# started, so two processes keep two cores busy.
+# module fixtures (a trained run, an installed wheel) are made once. Many tests wait on a tool they
+# started, so one process leaves a core idle (23 min 44 s on one process, 20 min 22 s on two).
 PYTEST_WORKERS ?= 2
 test: lint
 	$(PY) -m pytest tests -q --durations=15 -n $(PYTEST_WORKERS) --dist=loadfile

@@ -54,7 +54,7 @@ class ProbeSettings:
     on augmented views instead (see `reference_probe`), with one learning rate and coupled decay.
     """
 
-    lrs: tuple[float, ...] = (1.0, 0.1, 0.01)
+    lrs: tuple[float, ...] = (0.1, 0.01, 0.001, 0.0001)  # each report's cv_top1 says whether the best is at an edge
     kfold: int = 3
     epochs: int = 30
     batch_size: int = 128
@@ -220,6 +220,16 @@ def choose_learning_rates(features: dict[str, np.ndarray], labels: np.ndarray, n
     return {name: {"lr": settings.lrs[int(np.argmax(row))],
                    "cv_top1": {str(lr): float(value) for lr, value in zip(settings.lrs, row)}}
             for name, row in zip(features, table)}
+
+
+def grid_edge_choices(layers: dict[str, dict]) -> dict[str, str]:
+    """The layers whose k-fold choice is the smallest or largest candidate lr: a wider grid may probe them better."""
+    edges = {}
+    for name, row in layers.items():
+        candidates = sorted(float(lr) for lr in row.get("cv_top1", {}))
+        if len(candidates) > 1 and row["lr"] in (candidates[0], candidates[-1]):
+            edges[name] = "smallest" if row["lr"] == candidates[0] else "largest"
+    return edges
 
 
 def linear_probe(train: dict[str, np.ndarray], train_labels: np.ndarray, val: dict[str, np.ndarray],

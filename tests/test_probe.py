@@ -113,6 +113,13 @@ def test_kfold_scores_each_learning_rate_on_held_out_folds_and_picks_the_best():
         probe.choose_learning_rates({"x": train[:30]}, labels[:30], 4, probe.ProbeSettings(kfold=40))
 
 
+def test_a_choice_at_either_end_of_the_grid_is_named_and_one_inside_it_is_not():
+    grid = {"0.1": 0.5, "0.01": 0.6, "0.001": 0.4}
+    layers = {"low": {"lr": 0.001, "cv_top1": grid}, "inside": {"lr": 0.01, "cv_top1": grid},
+              "high": {"lr": 0.1, "cv_top1": grid}, "one_lr": {"lr": 0.1}}
+    assert probe.grid_edge_choices(layers) == {"low": "smallest", "high": "largest"}
+
+
 def test_evaluate_backbone_report_schema_and_knn_on_held_out_features(backbone):
     source = synthetic_source(120, 16, seed=0)
     settings = probe.EvaluationSettings(max_dim=1000, extract_batch_size=64, probe=QUICK)

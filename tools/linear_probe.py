@@ -30,7 +30,7 @@ def define_flags() -> None:
     tool_inputs.define_flags(flags, "probes")
     flags.DEFINE_string("layers", "block_last", "Probe the last conv of each block (block_last), or all.")
     flags.DEFINE_integer("max_dim", 10000, "Average-pool each layer until it has at most this many values.")
-    flags.DEFINE_list("lrs", ["1", "0.1", "0.01"], "Candidate SGD learning rates (several need --kfold).")
+    flags.DEFINE_list("lrs", ["0.1", "0.01", "0.001", "0.0001"], "Candidate SGD learning rates (several need --kfold).")
     flags.DEFINE_integer("kfold", 3, "Folds of the cross-validation that picks each layer's learning rate.")
     flags.DEFINE_integer("epochs", 30, "Probe training epochs.")
     flags.DEFINE_integer("batch_size", 128, "Probe training batch size.")
@@ -106,7 +106,9 @@ def model_clusters(trained, num_images: int):
 
 
 def print_report(report: dict) -> None:
-    """The report as a table: one row per layer, then k-NN and cluster quality."""
+    """The report as a table: one row per layer, then k-NN and cluster quality, and lrs chosen at the grid's edge."""
+    from keras_dc.probe import grid_edge_choices
+
     print(f"\n{'layer':16s} {'dim':>6s} {'pool':>4s} {'lr':>7s} {'top1':>7s} {'top5':>7s}")
     for name, row in report["layers"].items():
         print(f"{name:16s} {row['dim']:6d} {row['pool']:4d} {row['lr']:7.3g} {100 * row['top1']:7.2f} "
@@ -120,6 +122,8 @@ def print_report(report: dict) -> None:
     timing = report["timing"]
     print(f"time: extraction {timing['extract_s']:.1f} s, probes {timing['probe_s']:.1f} s, "
           f"total {timing['total_s']:.1f} s")
+    for name, edge in grid_edge_choices(report["layers"]).items():
+        print(f"{name}: the chosen lr is the {edge} of --lrs; a grid reaching past it may probe it better")
 
 
 def run() -> dict:
